@@ -1,0 +1,89 @@
+"""Sublayers: self-attention (fused QKV, SDPA) and the feed-forward network.
+
+Every projection carries ``init_roles``: a tuple of (role, row slice) pairs, so that the scheme's
+init rule is applied per role and a fused QKV weight is initialised slice by slice.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+
+from .schemes import build_norm
+
+
+def tag_roles(linear: nn.Linear, *roles: str) -> nn.Linear:
+    """Mark the equal row blocks of ``linear.weight`` with the given roles (one role = whole weight)."""
+    rows = linear.out_features // len(roles)
+    linear.init_roles = tuple((role, slice(i * rows, (i + 1) * rows)) for i, role in enumerate(roles))
+    return linear
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary positions (RoFormer): cos/sin tables computed once per forward, shared by all layers."""
+
+    def __init__(self, config):
+        super().__init__()
+        head_size = config.head_size
+        inv_freq = 1.0 / (config.rotary_base ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = position_ids.float()[..., None] * self.inv_freq  # (B, T, head/2)
+        angles = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, T, head)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x·cos + rotate_half(x)·sin, with rotate_half(x1, x2) = (−x2, x1)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, config, layer_index: int, inner_norm: bool):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.head_size = config.head_size
+        self.layer_index = layer_index
+        self.dropout = config.attention_dropout
+        hidden = config.hidden_size
+        self.qkv = tag_roles(nn.Linear(hidden, 3 * hidden, bias=config.use_bias), "q", "k", "v")
+        self.inner_norm = build_norm(config) if inner_norm else nn.Identity()
+        self.out = tag_roles(nn.Linear(hidden, hidden, bias=config.use_bias), "attn_out")
+        self.out_dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x, mask, is_causal, rotary=None, cache=None):
+        batch, length, hidden = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, T, head)
+        if rotary is not None:
+            cos, sin = rotary
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_index)
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        attended = attended.transpose(1, 2).reshape(batch, length, hidden)
+        return self.out_dropout(self.out(self.inner_norm(attended)))
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = W_out · act(W_in · x)."""
+
+    def __init__(self, config, inner_norm: bool):
+        super().__init__()
+        self.fc_in = tag_roles(nn.Linear(config.hidden_size, config.ffn_size, bias=config.use_bias), "ffn_in")
+        self.act = ACT2FN[config.hidden_act]
+        self.inner_norm = build_norm(config, config.ffn_size) if inner_norm else nn.Identity()
+        self.fc_out = tag_roles(nn.Linear(config.ffn_size, config.hidden_size, bias=config.use_bias), "ffn_out")
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x):
+        return self.dropout(self.fc_out(self.inner_norm(self.act(self.fc_in(x)))))

@@ -1,0 +1,227 @@
+"""Depth-stabilization schemes: how a sublayer G joins the residual stream, and how G is initialised.
+
+Each scheme is one small ``nn.Module`` class. An instance wraps one sublayer (attention or FFN):
+``forward(x, sublayer)`` returns the new residual stream. The class also carries the scheme's
+constants (derived from the depth N when the config does not give them) and its init rule,
+applied per projection *role* (q, k, v, attn_out, ffn_in, ffn_out), never by parameter name.
+
+Adding a scheme = adding one class here and listing it in ``SCHEMES``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers import initialization as init
+
+ROLES = ("q", "k", "v", "attn_out", "ffn_in", "ffn_out")
+RESIDUAL_OUT_ROLES = frozenset({"attn_out", "ffn_out"})
+QUERY_KEY_ROLES = frozenset({"q", "k"})
+
+
+def build_norm(config, size: int | None = None) -> nn.Module:
+    """LayerNorm or RMSNorm (as ``config.norm`` says) over ``size`` features, the hidden size by default."""
+    size = size or config.hidden_size
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(size, eps=config.norm_eps)
+    return nn.LayerNorm(size, eps=config.norm_eps, bias=config.use_bias)
+
+
+class Scheme(nn.Module):
+    """Base class. Subclasses set ``name`` and ``final_norm`` and implement ``forward``."""
+
+    name: str = ""
+    final_norm: bool = False  # does the stack need a norm after the last layer?
+    inner_norm: bool = False  # does each sublayer norm its inner activation (Sub-LN)?
+
+    def __init__(self, config, layer_number: int):
+        super().__init__()
+
+    @staticmethod
+    def default_constants(num_layers: int) -> dict[str, float]:
+        """The constants (α, β) this scheme uses, as functions of the depth N."""
+        return {}
+
+    @classmethod
+    def init_projection(cls, weight: torch.Tensor, role: str, config) -> None:
+        """Default rule: N(0, σ²) with σ = ``config.initializer_range``."""
+        init.normal_(weight, mean=0.0, std=config.initializer_range)
+
+    def forward(self, x: torch.Tensor, sublayer) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PostLN(Scheme):
+    """Post-LN (Vaswani 2017, BERT): x ← LN(x + G(x)). Normal init."""
+
+    name = "post_ln"
+
+    def __init__(self, config, layer_number: int):
+        super().__init__(config, layer_number)
+        self.norm = build_norm(config)
+
+    def forward(self, x, sublayer):
+        return self.norm(x + sublayer(x))
+
+
+class ScaledPostLN(Scheme):
+    """x ← LN(α·x + G(x)): Post-LN with the residual branch up-weighted by α."""
+
+    def __init__(self, config, layer_number: int):
+        super().__init__(config, layer_number)
+        self.norm = build_norm(config)
+        self.alpha = float(config.alpha)
+
+    def forward(self, x, sublayer):
+        return self.norm(self.alpha * x + sublayer(x))
+
+
+class DeepNorm(ScaledPostLN):
+    """DeepNorm (DeepNet, arXiv 2203.00555): x ← LN(α·x + G(x)), α = (2N)^{1/4}.
+
+    Init: xavier_normal with gain β = (8N)^{-1/4} on V, attention-out, FFN in and out; gain 1 on
+    Q and K (the paper's rule; torchscale instead divides its default init by (8N)^{1/4}).
+    """
+
+    name = "deepnorm"
+
+    @staticmethod
+    def default_constants(num_layers):
+        return {"alpha": (2 * num_layers) ** 0.25, "beta": (8 * num_layers) ** -0.25}
+
+    @classmethod
+    def init_projection(cls, weight, role, config):
+        init.xavier_normal_(weight, gain=1.0 if role in QUERY_KEY_ROLES else config.beta)
+
+
+class UpscaleLN(ScaledPostLN):
+    """Upscale LayerNorm (Shen 2022, for BERT): x ← LN(α·x + G(x)), α = (2N)^{1/4}. Normal init, no β."""
+
+    name = "upscale_ln"
+
+    @staticmethod
+    def default_constants(num_layers):
+        return {"alpha": (2 * num_layers) ** 0.25}
+
+
+class FoundationLN(ScaledPostLN):
+    """FoundationLayerNorm (Shen 2022, for GPT): x ← LN(α·x + G(x)), α = 0.974 by default. Normal init.
+
+    This is the paper's equation. The author's public code computes α·x + LN(x) instead.
+    """
+
+    name = "foundation_ln"
+
+    @staticmethod
+    def default_constants(num_layers):
+        return {"alpha": 0.974}
+
+
+class PreLN(Scheme):
+    """Pre-LN (GPT-2, Xiong 2020): x ← x + G(LN(x)), final LN.
+
+    Init: normal, with the residual-out projections (attention-out, FFN-out) scaled by 1/√(2N) as in GPT-2.
+    """
+
+    name = "pre_ln"
+    final_norm = True
+
+    def __init__(self, config, layer_number: int):
+        super().__init__(config, layer_number)
+        self.norm = build_norm(config)
+
+    def forward(self, x, sublayer):
+        return x + sublayer(self.norm(x))
+
+    @classmethod
+    def init_projection(cls, weight, role, config):
+        std = config.initializer_range
+        if role in RESIDUAL_OUT_ROLES:
+            std /= math.sqrt(2 * config.num_layers)
+        init.normal_(weight, mean=0.0, std=std)
+
+
+class SubLN(Scheme):
+    """Sub-LN (Magneto, arXiv 2210.06423): x ← x + W_out·LN(inner(LN(x))), final LN.
+
+    The second LN sits inside the sublayer, before its output projection. Init: xavier_normal with
+    gain γ = √(log 2N) on V, attention-out, FFN in and out; gain 1 on Q and K. γ is stored as ``beta``.
+    """
+
+    name = "sub_ln"
+    final_norm = True
+    inner_norm = True
+
+    def __init__(self, config, layer_number: int):
+        super().__init__(config, layer_number)
+        self.norm = build_norm(config)
+
+    @staticmethod
+    def default_constants(num_layers):
+        return {"beta": math.sqrt(math.log(2 * num_layers))}
+
+    def forward(self, x, sublayer):
+        return x + sublayer(self.norm(x))
+
+    @classmethod
+    def init_projection(cls, weight, role, config):
+        init.xavier_normal_(weight, gain=1.0 if role in QUERY_KEY_ROLES else config.beta)
+
+
+class ReZero(Scheme):
+    """ReZero (arXiv 2003.04887): x ← x + a·G(x), a learnable scalar a = 0 at init, no LN anywhere."""
+
+    name = "rezero"
+
+    def __init__(self, config, layer_number: int):
+        super().__init__(config, layer_number)
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, sublayer):
+        return x + self.gate * sublayer(x)
+
+
+class LayerNormScaling(Scheme):
+    """LayerNorm Scaling (arXiv 2502.05795): x ← x + G(LN(x)/√ℓ), ℓ the 1-based layer index; final LN."""
+
+    name = "lns"
+    final_norm = True
+
+    def __init__(self, config, layer_number: int):
+        super().__init__(config, layer_number)
+        self.norm = build_norm(config)
+        self.scale = 1.0 / math.sqrt(layer_number)
+
+    def forward(self, x, sublayer):
+        return x + sublayer(self.norm(x) * self.scale)
+
+
+class Sandwich(Scheme):
+    """Sandwich-LN (CogView, arXiv 2105.13290): x ← x + LN(G(LN(x))), final LN."""
+
+    name = "sandwich"
+    final_norm = True
+
+    def __init__(self, config, layer_number: int):
+        super().__init__(config, layer_number)
+        self.norm = build_norm(config)
+        self.output_norm = build_norm(config)
+
+    def forward(self, x, sublayer):
+        return x + self.output_norm(sublayer(self.norm(x)))
+
+
+SCHEMES: dict[str, type[Scheme]] = {
+    cls.name: cls
+    for cls in (PostLN, PreLN, DeepNorm, UpscaleLN, FoundationLN, SubLN, ReZero, LayerNormScaling, Sandwich)
+}
+
+
+def scheme_class(name: str) -> type[Scheme]:
+    """The scheme registered under ``name``; ValueError listing the known ones otherwise."""
+    try:
+        return SCHEMES[name]
+    except KeyError:
+        raise ValueError(f"unknown scheme {name!r}; known schemes: {', '.join(SCHEMES)}") from None
