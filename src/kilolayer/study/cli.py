@@ -1,0 +1,172 @@
+"""``kilolayer study stability`` and ``kilolayer study depth``: the depth laboratory's two commands."""
+
+from __future__ import annotations
+
+import argparse
+
+ARCH_PRESETS = {"gpt": "gpt-1k-cpu", "bert": "bert-1k-cpu"}
+
+
+def register(subparsers) -> None:
+    study = subparsers.add_parser("study", help="stability map and optimal-depth studies (grids of short training runs)")
+    commands = study.add_subparsers(dest="study_command", required=True, metavar="STUDY")
+
+    stability = commands.add_parser(
+        "stability",
+        help="which schemes train at which depth, learning rate, warmup and clipping",
+        description="Train one short run per cell of schemes × depths × LRs (× warmups × clips) with the same data, "
+        "seed and step budget; write results.csv, curves.csv, stability_map.png, loss/grad/update-norm curves and "
+        "report.md. Re-running the same command resumes: finished cells are skipped.",
+    )
+    _common_arguments(stability, "studies/stability-{arch}")
+    stability.add_argument("--schemes", default="all", help="comma-separated scheme names, or all (default: all)")
+    stability.add_argument("--depths", default="6,24,96,384,1000", help="comma-separated layer counts (default: 6,24,96,384,1000)")
+    stability.add_argument("--lrs", default="1e-3,3e-3,1e-2", help="comma-separated peak learning rates (default: 1e-3,3e-3,1e-2)")
+    stability.add_argument("--warmups", help="comma-separated warmup step counts (default: the preset's train.warmup_steps)")
+    stability.add_argument("--clips", help="comma-separated gradient-clipping norms, 'off' for none (default: the preset's train.grad_clip)")
+    stability.set_defaults(func=stability_command)
+
+    depth = commands.add_parser(
+        "depth",
+        help="validation loss against depth at a fixed parameter (or FLOPs) budget",
+        description="For each depth, derive the width (a multiple of the head count) and FFN size that keep the "
+        "parameter budget, train the same run, and write results.csv, depth_curve.png and report.md. "
+        "Re-running the same command resumes: finished depths are skipped.",
+    )
+    _common_arguments(depth, "studies/depth-{arch}")
+    depth.add_argument("--depths", default="6,24,96,384,1000", help="comma-separated layer counts (default: 6,24,96,384,1000)")
+    depth.add_argument("--params", type=float, help="parameter budget, e.g. 50e6 (default: the preset model's own count)")
+    depth.add_argument(
+        "--flops", type=float,
+        help="training-FLOPs budget (≈ 6 · params · tokens): each depth's step count is set from it (default: the preset's train.max_steps at every depth)",
+    )  # fmt: skip
+    depth.add_argument("--zero-shot", help="GPT only: comma-separated zero-shot tasks to score each trained model on (piqa,winogrande,hellaswag,lambada_openai)")
+    depth.add_argument("--zero-shot-limit", type=int, help="score only the first N examples of each task (faster, noisier)")
+    depth.add_argument("--data-dir", help="reference data folder with eval/ for --zero-shot (default: $KILOLAYER_DATA)")
+    depth.set_defaults(func=depth_command)
+
+
+def _common_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
+    parser.add_argument("--arch", choices=sorted(ARCH_PRESETS), help="gpt (causal LM) or bert (masked LM): picks the default preset (default: gpt, or the --preset's)")
+    parser.add_argument("--preset", help="base preset or YAML file (default: gpt-1k-cpu, or bert-1k-cpu with --arch bert)")
+    parser.add_argument("--config", help="YAML file merged over the preset")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one value (repeatable), e.g. train.max_steps=100")
+    parser.add_argument("--data", help="corpus file or folder (default: $KILOLAYER_DATA/corpus, else the embedded default)")
+    parser.add_argument("--out", help=f"study folder; re-running into it resumes (default: {default_out})")
+    parser.add_argument("--threads-per-cell", type=int, default=1, help="torch threads of each cell's process (default: 1)")
+    parser.add_argument("--jobs", type=int, help="cells run at once (default: one per GPU, else available CPUs / threads per cell)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(default_out=default_out)
+
+
+def _settings(args: argparse.Namespace):
+    """(base config, out folder, jobs) from the arguments every study shares."""
+    from pathlib import Path
+
+    from ..errors import KiloError
+    from .runner import default_jobs
+    from .shared import base_config
+
+    base = base_config(args.preset or ARCH_PRESETS[args.arch or "gpt"], args.config, args.data, args.set)
+    arch = base["model"]["arch"]
+    if args.arch and arch != args.arch:
+        raise KiloError(f"the preset is a {arch} model but --arch is {args.arch}; pass --arch {arch} or another preset")
+    if args.threads_per_cell < 1 or (args.jobs is not None and args.jobs < 1):
+        raise KiloError("--jobs and --threads-per-cell must be at least 1")
+    out = Path(args.out or args.default_out.format(arch=arch))
+    return base, out, args.jobs or default_jobs(args.threads_per_cell)
+
+
+def _split(text: str, convert, name: str) -> tuple:
+    from ..errors import KiloError
+
+    try:
+        values = tuple(dict.fromkeys(convert(item.strip()) for item in text.split(",") if item.strip()))  # no duplicate cells
+    except ValueError:
+        raise KiloError(f"--{name} {text!r}: expected comma-separated numbers") from None
+    if not values:
+        raise KiloError(f"--{name} is empty")
+    return values
+
+
+def _clip(text: str) -> float | None:
+    return None if text.lower() in ("off", "none") else float(text)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def stability_command(args: argparse.Namespace) -> int:
+    from ..errors import KiloError
+    from ..modeling import SCHEMES
+    from .stability import StabilityGrid, run_stability
+
+    base, out, jobs = _settings(args)
+    schemes = tuple(SCHEMES) if args.schemes == "all" else _split(args.schemes, str, "schemes")
+    unknown = [scheme for scheme in schemes if scheme not in SCHEMES]
+    if unknown:
+        raise KiloError(f"unknown scheme {', '.join(unknown)}; known schemes: {', '.join(SCHEMES)}")
+    grid = StabilityGrid(
+        schemes=schemes,
+        depths=_split(args.depths, _positive_int, "depths"),
+        lrs=_split(args.lrs, float, "lrs"),
+        warmups=_split(args.warmups, int, "warmups") if args.warmups else (None,),
+        clips=_split(args.clips, _clip, "clips") if args.clips else None,
+    )
+    outcome = run_stability(base, grid, out, jobs, args.threads_per_cell, progress=not args.no_progress)
+    return _summary(outcome, out)
+
+
+def depth_command(args: argparse.Namespace) -> int:
+    from ..errors import KiloError
+    from ..paths import data_dir
+    from .depth import run_depth
+
+    base, out, jobs = _settings(args)
+    zero_shot = None
+    if args.zero_shot:
+        import importlib.util
+
+        from ..eval.zeroshot import data_files, parse_tasks
+
+        if base["model"]["arch"] != "gpt":
+            raise KiloError("--zero-shot scores continuations with a causal LM; it needs --arch gpt")
+        if importlib.util.find_spec("lm_eval") is None:
+            raise KiloError("--zero-shot needs lm-evaluation-harness: pip install 'kilolayer[eval]'")
+        tasks = parse_tasks(args.zero_shot)
+        reference = data_dir(args.data_dir)
+        if reference is None:
+            raise KiloError("--zero-shot needs the task files: give --data-dir or set KILOLAYER_DATA")
+        data_files(tasks, reference)  # a missing task file fails now, not after training
+        zero_shot = {"tasks": tasks, "limit": args.zero_shot_limit, "data_dir": str(reference.resolve())}
+    outcome = run_depth(
+        base,
+        list(_split(args.depths, _positive_int, "depths")),
+        int(args.params) if args.params else None,
+        args.flops,
+        zero_shot,
+        out,
+        jobs,
+        args.threads_per_cell,
+        progress=not args.no_progress,
+    )
+    return _summary(outcome, out)
+
+
+def _summary(outcome, out) -> int:
+    """One line per outcome; exit status 1 when cells failed (re-running the command retries them)."""
+    diverged = sum(record["diverged"] for record in outcome.records)
+    print(
+        f"{len(outcome.records)} cells finished ({len(outcome.records) - diverged} trained, {diverged} diverged)"
+        + (f" → {out / 'report.md'}" if outcome.records else "")
+    )
+    for cell, message in outcome.failures.items():
+        print(f"failed: {cell}: {message}")
+    if outcome.failures:
+        print(f"{len(outcome.failures)} cells failed; re-run the same command to retry them")
+        return 1
+    return 0

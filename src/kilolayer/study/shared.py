@@ -1,0 +1,79 @@
+"""What both studies share: checking the configs before any work, preparing the data once, flat table rows.
+
+All cells of a study read the same token shards with the same tokenizer: the parent prepares them
+once, in the engine's cache (``$KILOLAYER_CACHE``, else ~/.cache/kilolayer), before the first cell
+starts. The data layer caches by content hash, so each cell's engine then finds them ready instead
+of building them once per cell, in parallel, racing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from ..presets import apply_overrides, build_model_config, merge, resolve_config
+from .runner import Cell, Outcome, run_cells, write_json_atomic
+
+# What a study cell needs from the engine, beneath the user's --set: a divergence recorded, not rescued by the
+# guard; no wall-clock stop (every cell gets the same step budget); a loss every step, per-layer norms every 10;
+# no exported model (a study reads only the metrics).
+CELL_DEFAULTS = {
+    "train": {"on_nonfinite": "stop", "max_minutes": None, "log_every": 1, "diagnostics_every": 10, "export": False}
+}
+
+
+def base_config(preset: str, config_file: str | None, data: str | None, overrides: list[str]) -> dict:
+    """preset → config file → the cell defaults → ``data`` (--data) → --set, each later one winning key by key.
+
+    The train section comes back complete (every TrainConfig field), so the grid's defaults (warmup,
+    clipping) and the report show the values the engine will use. The model section stays as given:
+    its derived constants (α, β) must follow each cell's depth.
+    """
+    from ..train.config import TrainConfig
+
+    config = merge(resolve_config(preset, config_file), {"train": {**CELL_DEFAULTS["train"], "preset": Path(preset).stem}})
+    if data:  # absolute: the cells' configs must name the same corpus from wherever the study is re-run
+        config = merge(config, {"train": {"data": str(Path(data).expanduser().resolve())}})
+    config = apply_overrides(config, overrides)
+    model = {**config["model"], "arch": build_model_config(config["model"]).arch}  # explicit, for the reports
+    return {"model": model, "train": TrainConfig.from_dict(config["train"]).to_dict()}
+
+
+def tokens_per_step(train: dict) -> int:
+    return train["batch_size"] * train["grad_accum"] * train["seq_len"]
+
+
+def prepare_study(base: dict) -> tuple[dict, str]:
+    """Build (or find) the tokenizer and token shards every cell will use.
+
+    Returns the base config with ``model.vocab_size`` set to the tokenizer's size (so parameter
+    counts and width derivations are those of the models that will train) and a description of the data.
+    """
+    from ..data import prepare_data
+    from ..train.config import TrainConfig
+    from ..train.loop import default_cache_dir
+
+    prepared = prepare_data(TrainConfig.from_dict(base["train"]), base["model"]["arch"], default_cache_dir())
+    return merge(base, {"model": {"vocab_size": len(prepared.tokenizer)}}), prepared.description
+
+
+def run_study(study_dir: Path, base: dict, data: str, cells: list[Cell], jobs: int, threads_per_cell: int, progress: bool) -> Outcome:
+    """Check every cell's config, record the shared settings in study.json, run the cells that have no result."""
+    from ..train.config import TrainConfig
+
+    for cell in cells:  # a typo in --set fails here, once, not in every worker
+        build_model_config(cell.config["model"])
+        TrainConfig.from_dict(cell.config["train"])
+    study_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(study_dir / "study.json", {"base": base, "data": data, "cells": [cell.id for cell in cells]})
+    return dataclasses.replace(run_cells(study_dir, cells, jobs, threads_per_cell, progress), data=data)
+
+
+def flatten(record: dict) -> dict:
+    """A table row: the cell's axes beside its scalar results (the curves stay under "curves")."""
+    return {**record["axes"], **{key: value for key, value in record.items() if key != "axes"}}
+
+
+def load_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))

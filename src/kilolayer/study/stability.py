@@ -1,0 +1,169 @@
+"""The stability map: which residual schemes train at which depth, learning rate, warmup and clipping.
+
+Every cell is the same short training run (same data, tokenizer, seed and therefore data order, same
+step budget) that differs only in its axes: scheme × depth × LR × warmup × gradient clipping. The
+default budget stops a run at the first non-finite loss (``train.on_nonfinite: stop``), so a
+divergent cell is recorded as such instead of being rescued by the training guard.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..presets import merge
+from .report import (
+    combination_label,
+    divergence_text,
+    format_clip,
+    format_lr,
+    markdown_table,
+    number,
+    settings_section,
+    stability_reading,
+    write_csv,
+)
+from .metrics import START_MARGIN
+from .runner import Cell, Outcome
+from .shared import flatten, prepare_study, run_study, tokens_per_step
+
+VARIED = {"model": ("scheme", "num_layers"), "train": ("lr", "warmup_steps", "grad_clip")}  # the grid's axes
+
+CSV_COLUMNS = [
+    "id", "scheme", "depth", "lr", "warmup", "clip", "status", "diverged", "divergence", "diverged_at", "steps",
+    "start_loss", "final_train_loss", "final_valid_loss", "best_valid_loss",
+    "grad_norm_first_start", "grad_norm_first_end", "grad_norm_last_start", "grad_norm_last_end",
+    "update_norm_first_end", "update_norm_last_end", "parameters", "wall_seconds", "tokens_per_second",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StabilityGrid:
+    """The axes of the map. A warmup or clip of None means: the base config's value."""
+
+    schemes: tuple[str, ...]
+    depths: tuple[int, ...]
+    lrs: tuple[float, ...]
+    warmups: tuple[int | None, ...] = (None,)
+    clips: tuple[float | None, ...] | None = None  # None: the base config's clipping; a None entry: off
+
+
+def cell_id(scheme: str, depth: int, lr: float, warmup: int, clip: float | None) -> str:
+    return f"{scheme}_L{depth}_lr{format_lr(lr)}_wu{warmup}_clip{format_clip(clip)}"
+
+
+def stability_cells(base: dict, grid: StabilityGrid) -> list[Cell]:
+    """The grid's cells in table order: warmup, clip, LR, scheme, depth (the heatmap's panels, rows, columns)."""
+    warmups = [base["train"]["warmup_steps"] if warmup is None else warmup for warmup in grid.warmups]
+    clips = [base["train"]["grad_clip"]] if grid.clips is None else list(grid.clips)
+    clips = [None if not clip else clip for clip in clips]  # 0 disables clipping, as in TrainConfig
+    cells = []
+    for warmup, clip, lr, scheme, depth in itertools.product(warmups, clips, grid.lrs, grid.schemes, grid.depths):
+        config = merge(
+            base,
+            {
+                "model": {"scheme": scheme, "num_layers": depth},
+                "train": {"lr": lr, "warmup_steps": warmup, "grad_clip": clip},
+            },
+        )
+        axes = {"scheme": scheme, "depth": depth, "lr": lr, "warmup": warmup, "clip": clip}
+        cells.append(Cell(cell_id(scheme, depth, lr, warmup, clip), axes, config))
+    return cells
+
+
+def run_stability(
+    base: dict, grid: StabilityGrid, out_dir: Path, jobs: int, threads_per_cell: int, progress: bool = True
+) -> Outcome:
+    """Run (or resume) the grid, then write results.csv, curves.csv, the figures and report.md into ``out_dir``."""
+    base, data = prepare_study(base)
+    outcome = run_study(out_dir, base, data, stability_cells(base, grid), jobs, threads_per_cell, progress)
+    if outcome.records:
+        write_stability_outputs(out_dir, base, outcome)
+    return outcome
+
+
+def write_stability_outputs(out_dir: Path, base: dict, outcome: Outcome) -> None:
+    from . import plots
+
+    rows = [flatten(record) for record in outcome.records]
+    write_csv(out_dir / "results.csv", rows, CSV_COLUMNS)
+    curve_rows = [
+        {"id": row["id"], "curve": name, "step": step, "value": value}
+        for row in rows
+        for name, points in row["curves"].items()
+        for step, value in points
+    ]
+    write_csv(out_dir / "curves.csv", curve_rows, ["id", "curve", "step", "value"])
+    plots.stability_heatmap(rows, out_dir / "stability_map.png")
+    figures = []
+    for index, combination in enumerate(dict.fromkeys(combination_label(row) for row in rows), start=1):
+        group = [row for row in rows if combination_label(row) == combination]
+        names = (f"loss_{index}.png", f"grad_norm_{index}.png", f"update_norm_{index}.png")
+        plots.stability_curves(group, ("train_loss", "valid_loss"), "loss", out_dir / names[0])
+        plots.stability_curves(group, ("grad_norm_first", "grad_norm_last"), "grad norm (first, last layer)", out_dir / names[1], log_scale=True)
+        plots.stability_curves(group, ("update_norm_first", "update_norm_last"), "update norm (first, last layer)", out_dir / names[2], log_scale=True)
+        figures.append((combination, names))
+    (out_dir / "report.md").write_text(stability_markdown(base, rows, figures, outcome), encoding="utf-8")
+
+
+def stability_markdown(base: dict, rows: list[dict], figures: list[tuple[str, tuple[str, ...]]], outcome: Outcome) -> str:
+    model, train = base["model"], base["train"]
+    steps = train["max_steps"]
+    tokens = steps * tokens_per_step(train)
+    table_rows = [
+        {
+            **row,
+            "lr_text": format_lr(row["lr"]),
+            "clip_text": format_clip(row["clip"]),
+            "final": number(row["final_valid_loss"]),
+            "best": number(row["best_valid_loss"]),
+            "diverged_text": divergence_text(row),
+            "grad_ratio": number(_ratio(row["grad_norm_last_end"], row["grad_norm_first_end"]), 2),
+            "wall": f"{row['wall_seconds']:.0f}",
+        }
+        for row in rows
+    ]
+    columns = [
+        ("scheme", "scheme"), ("layers", "depth"), ("lr", "lr_text"), ("warmup", "warmup"), ("clip", "clip_text"),
+        ("final valid loss", "final"), ("best valid loss", "best"), ("diverged", "diverged_text"),
+        ("grad norm last/first layer (end)", "grad_ratio"), ("wall s", "wall"),
+    ]  # fmt: skip
+    lines = [
+        f"# Stability map: {model.get('arch', 'gpt')}, width {model.get('hidden_size')}",
+        "",
+        f"Each cell: {steps} steps of {train['batch_size']} sequences × {train['seq_len']} tokens × {train['grad_accum']} "
+        f"accumulation ({tokens:,} tokens), seed {train['seed']}, same data order in every cell; a cell diverged when its loss "
+        f"became non-finite (the run stops there) or its smoothed training loss ended more than {START_MARGIN:.0%} above its first loss.",
+        "",
+        f"Data: {outcome.data}",
+        "",
+        "## Reading",
+        "",
+        *[f"- {bullet}" for bullet in stability_reading(rows, steps, tokens)],
+        "",
+        "## Map",
+        "",
+        "![stability map](stability_map.png)",
+        "",
+        "## Table",
+        "",
+        markdown_table(table_rows, columns),
+        "",
+        "## Curves",
+        "",
+    ]
+    for combination, names in figures:
+        lines += [f"### {combination}", "", *[f"![{name}]({name})" for name in names], ""]
+    if outcome.failures:
+        lines += ["## Cells that failed to run", "", *[f"- `{cell}`: {message}" for cell, message in outcome.failures.items()], ""]
+    lines += settings_section(base, VARIED)
+    return "\n".join(lines)
+
+
+def _ratio(numerator, denominator):
+    """numerator / denominator; inf where the denominator is 0 (a first layer whose gradient underflowed)."""
+    if numerator is None or denominator is None:
+        return None
+    return numerator / denominator if denominator else math.inf

@@ -1,0 +1,63 @@
+"""GLUE fine-tuning: the documented splits, an end-to-end MRPC run, and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from kilolayer.errors import KiloError
+from kilolayer.eval.finetune import encode, finetune, load_splits, predict
+from kilolayer.eval.metrics import binary_metrics
+
+QUICK = {"limit": 200, "lr": 1e-3, "batch_size": 32}
+
+
+def test_qqp_splits_the_dev_set_by_idx(shared_data):
+    splits, note = load_splits("qqp", shared_data)
+    assert len(splits["train"]) + len(splits["validation"]) == 30322
+    assert len(splits["validation"]) == 3033  # every 10th training pair
+    assert len(splits["test"]) == 10108
+    assert all(row["idx"] % 4 == 0 for row in splits["test"])
+    assert not any(row["idx"] % 4 == 0 for row in splits["train"] + splits["validation"])
+    assert "idx % 4" in note
+
+
+def test_mrpc_end_to_end_writes_all_four_metrics(bert_folder, shared_data, tmp_path):
+    out = tmp_path / "run"
+    record = finetune(bert_folder, "mrpc", shared_data, out, epochs=1, **QUICK)
+    assert record["examples"] == {"train": 180, "validation": 20, "test": 200}
+    assert json.loads((out / "finetune.json").read_text()) == json.loads(json.dumps(record))
+    for name in ("accuracy", "precision", "recall", "f1"):
+        assert 0.0 <= record["test_metrics"][name] <= 1.0
+    assert "| paper BERT-1k |" in (out / "finetune.md").read_text()
+
+    # The exported folder is a complete HF model: reloaded, it reproduces the reported test metrics.
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    splits, _ = load_splits("mrpc", shared_data, limit=200)
+    examples = encode(tokenizer, "mrpc", splits["test"], record["train_config"]["seq_len"])
+    predictions = predict(model, tokenizer, examples, batch_size=32)
+    assert binary_metrics([row["label"] for row in splits["test"]], predictions) == record["test_metrics"]
+
+
+@pytest.mark.slow
+def test_resumed_run_continues_exactly(bert_folder, shared_data, tmp_path):
+    """Two epochs in one go equal one epoch, then a resumed second (same constant LR, so max_steps may change)."""
+    options = {**QUICK, "limit": 100, "schedule": "constant", "warmup_steps": 0}  # 3 steps per epoch
+    straight = finetune(bert_folder, "mrpc", shared_data, tmp_path / "straight", epochs=2, **options)
+    finetune(bert_folder, "mrpc", shared_data, tmp_path / "resumed", epochs=1, **options)
+    with pytest.raises(KiloError, match="already holds a fine-tuning run"):
+        finetune(bert_folder, "mrpc", shared_data, tmp_path / "resumed", epochs=2, resume=False, **options)
+    with pytest.raises(KiloError, match="train.lr"):
+        finetune(bert_folder, "mrpc", shared_data, tmp_path / "resumed", epochs=2, **{**options, "lr": 2e-3})
+    resumed = finetune(bert_folder, "mrpc", shared_data, tmp_path / "resumed", epochs=2, **options)
+    assert resumed["resumed_from_step"] == 3 and straight["resumed_from_step"] == 0
+    assert resumed["history"] == straight["history"]
+    assert resumed["test_metrics"] == straight["test_metrics"]
+    final = "checkpoints/step-00000006/model.safetensors"
+    for name, tensor in load_file(tmp_path / "straight" / final).items():
+        assert torch.equal(tensor, load_file(tmp_path / "resumed" / final)[name]), name
