@@ -36,7 +36,7 @@ def register(subparsers) -> None:
         "finetune",
         help="fine-tune a model folder on GLUE QQP or MRPC and report accuracy, precision, recall, F1",
         description="Sentence-pair fine-tuning with early stopping on a validation slice of the training pairs. "
-        "QQP without its train file uses the dev set split by idx %% 4 (see finetune.json's splits_note).",
+        "QQP without its train file uses the dev set split by idx % 4 (see finetune.json's splits_note).",
     )
     finetune.add_argument("model_dir", metavar="MODEL_DIR", type=Path)
     finetune.add_argument("--task", required=True, choices=("qqp", "mrpc"))
