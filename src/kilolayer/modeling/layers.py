@@ -14,6 +14,16 @@ from transformers.activations import ACT2FN
 from .schemes import build_norm
 
 
+# Activations whose ACT2FN module is a chain of elementwise ops, mapped to the one-kernel form of the
+# same function: gelu_new (GPT-2's tanh approximation) runs 8 ops and keeps 4 tensors for backward.
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
+
+
+def build_activation(name: str) -> nn.Module:
+    """``ACT2FN[name]``, through a fused kernel where one computes the same function."""
+    return ACT2FN[FUSED_ACTIVATIONS.get(name, name)]
+
+
 def tag_roles(linear: nn.Linear, *roles: str) -> nn.Linear:
     """Mark the equal row blocks of ``linear.weight`` with the given roles (one role = whole weight)."""
     rows = linear.out_features // len(roles)
@@ -80,7 +90,7 @@ class FeedForward(nn.Module):
     def __init__(self, config, inner_norm: bool):
         super().__init__()
         self.fc_in = tag_roles(nn.Linear(config.hidden_size, config.ffn_size, bias=config.use_bias), "ffn_in")
-        self.act = ACT2FN[config.hidden_act]
+        self.act = build_activation(config.hidden_act)
         self.inner_norm = build_norm(config, config.ffn_size) if inner_norm else nn.Identity()
         self.fc_out = tag_roles(nn.Linear(config.ffn_size, config.hidden_size, bias=config.use_bias), "ffn_out")
         self.dropout = nn.Dropout(config.hidden_dropout)

@@ -6,6 +6,9 @@ A block is two sublayers, attention and FFN, each joined to the residual stream 
 
 from __future__ import annotations
 
+import contextlib
+import gc
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,11 +22,23 @@ from transformers.modeling_outputs import (
     MaskedLMOutput,
     SequenceClassifierOutput,
 )
-from transformers.activations import ACT2FN
 
 from .configuration import KiloConfig
-from .layers import FeedForward, RotaryEmbedding, SelfAttention
+from .layers import FeedForward, RotaryEmbedding, SelfAttention, build_activation
 from .schemes import ReZero, build_norm, scheme_class
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Pause Python's cyclic garbage collector while building the stack: each collection walks every
+    object built so far, and the ~16 modules per block trigger hundreds of them (half of a 1000-layer build)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class KiloBlock(GradientCheckpointingLayer):
@@ -83,16 +98,17 @@ class KiloModel(KiloPreTrainedModel):
     def __init__(self, config: KiloConfig):
         super().__init__(config)
         hidden = config.hidden_size
-        self.embed_tokens = nn.Embedding(config.vocab_size, hidden)
-        self.embed_positions = (
-            nn.Embedding(config.max_positions, hidden) if config.position_embedding == "learned" else None
-        )
-        self.rotary = RotaryEmbedding(config) if config.position_embedding == "rotary" else None
-        self.embed_token_types = nn.Embedding(config.type_vocab_size, hidden) if config.type_vocab_size else None
-        self.embed_norm = build_norm(config) if config.embedding_norm else nn.Identity()
-        self.embed_dropout = nn.Dropout(config.hidden_dropout)
-        self.layers = nn.ModuleList(KiloBlock(config, i) for i in range(config.num_layers))
-        self.final_norm = build_norm(config) if scheme_class(config.scheme).final_norm else nn.Identity()
+        with init.no_init_weights(), gc_paused():  # post_init() initialises every weight; GC passes over a growing tree are wasted
+            self.embed_tokens = nn.Embedding(config.vocab_size, hidden)
+            self.embed_positions = (
+                nn.Embedding(config.max_positions, hidden) if config.position_embedding == "learned" else None
+            )
+            self.rotary = RotaryEmbedding(config) if config.position_embedding == "rotary" else None
+            self.embed_token_types = nn.Embedding(config.type_vocab_size, hidden) if config.type_vocab_size else None
+            self.embed_norm = build_norm(config) if config.embedding_norm else nn.Identity()
+            self.embed_dropout = nn.Dropout(config.hidden_dropout)
+            self.layers = nn.ModuleList(KiloBlock(config, i) for i in range(config.num_layers))
+            self.final_norm = build_norm(config) if scheme_class(config.scheme).final_norm else nn.Identity()
         self.post_init()
 
     def _attention_mask(self, attention_mask, query_length: int, past_length: int):
@@ -189,9 +205,9 @@ class KiloForCausalLM(KiloPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
-            )
+            # shift the labels, not the logits: slicing (B, T, V) logits copies them, and zero-fills in backward
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
         )
@@ -203,7 +219,7 @@ class KiloMaskedLMHead(nn.Module):
     def __init__(self, config: KiloConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.act = ACT2FN[config.hidden_act]
+        self.act = build_activation(config.hidden_act)
         self.norm = build_norm(config)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
 
