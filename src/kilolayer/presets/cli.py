@@ -23,13 +23,20 @@ def register(subparsers) -> None:
     info.set_defaults(func=run_info)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The three layers of configuration every command that builds a model accepts."""
-    parser.add_argument("--preset", default="gpt-1k-cpu", help="preset name (see `kilolayer presets`) or a YAML path")
-    parser.add_argument("--config", metavar="FILE", help="YAML file whose model/train sections override the preset")
+def add_config_arguments(
+    parser: argparse.ArgumentParser, default_preset: str | None = "gpt-1k-cpu", required: bool = False, preset_help: str = ""
+) -> None:
+    """The three layers of configuration (preset → --config → --set) every command that builds a model accepts."""
+    from . import list_presets
+
+    parser.add_argument(
+        "--preset", default=default_preset, required=required,
+        help=preset_help or f"a preset name ({', '.join(list_presets())}) or a YAML file with model and train sections",
+    )
+    parser.add_argument("--config", metavar="FILE", help="a YAML file whose model/train keys override the preset's")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override one value, e.g. --set model.num_layers=24 --set train.lr=3e-4 (repeatable)",
+        help="override one setting, e.g. --set train.lr=3e-4 --set model.num_layers=200 (repeatable; applied last)",
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..presets.cli import add_config_arguments
+
 ARCH_PRESETS = {"gpt": "gpt-1k-cpu", "bert": "bert-1k-cpu"}
 
 
@@ -48,9 +50,7 @@ def register(subparsers) -> None:
 
 def _common_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--arch", choices=sorted(ARCH_PRESETS), help="gpt (causal LM) or bert (masked LM): picks the default preset (default: gpt, or the --preset's)")
-    parser.add_argument("--preset", help="base preset or YAML file (default: gpt-1k-cpu, or bert-1k-cpu with --arch bert)")
-    parser.add_argument("--config", help="YAML file merged over the preset")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one value (repeatable), e.g. train.max_steps=100")
+    add_config_arguments(parser, default_preset=None, preset_help="base preset or YAML file (default: gpt-1k-cpu, or bert-1k-cpu with --arch bert)")
     parser.add_argument("--data", help="corpus file or folder (default: $KILOLAYER_DATA/corpus, else the embedded default)")
     parser.add_argument("--out", help=f"study folder; re-running into it resumes (default: {default_out})")
     parser.add_argument("--threads-per-cell", type=int, default=1, help="torch threads of each cell's process (default: 1)")
@@ -67,7 +67,7 @@ def _settings(args: argparse.Namespace):
     from .runner import default_jobs
     from .shared import base_config
 
-    base = base_config(args.preset or ARCH_PRESETS[args.arch or "gpt"], args.config, args.data, args.set)
+    base = base_config(args.preset or ARCH_PRESETS[args.arch or "gpt"], args.config, args.data, args.overrides)
     arch = base["model"]["arch"]
     if args.arch and arch != args.arch:
         raise KiloError(f"the preset is a {arch} model but --arch is {args.arch}; pass --arch {arch} or another preset")

@@ -21,7 +21,7 @@ command continues from the newest valid checkpoint; Ctrl-C saves a checkpoint an
 
 
 def register(subparsers) -> None:
-    from ..presets import list_presets
+    from ..presets.cli import add_config_arguments
 
     parser = subparsers.add_parser(
         "pretrain",
@@ -31,18 +31,7 @@ def register(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--preset", required=True, help=f"a preset name ({', '.join(list_presets())}) or a YAML file with model and train sections"
-    )
-    parser.add_argument("--config", metavar="FILE", help="a YAML file whose model/train keys override the preset's")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one setting, e.g. --set train.lr=3e-4 --set model.num_layers=200 (repeatable; applied last)",
-    )
+    add_config_arguments(parser, default_preset=None, required=True)
     parser.add_argument(
         "--data",
         metavar="PATH",
