@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import pytest
 
@@ -58,8 +59,33 @@ def test_bench_bf16_autocast_with_checkpointing_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
     code = run_bench(
         "--sizes", "2x32x2", "--families", "gpt", "--precision", "bf16", "--checkpointing", "on",
-        "--steps", "1", "--warmup", "0", "--eval-batches", "1", "--threads", "1", "--out", str(out),
+        "--steps", "1", "--warmup", "0", "--eval-batches", "1", "--threads", "1", "--hf-as-shipped", "--out", str(out),
     )
     assert code == 0
-    (result,) = json.loads(out.read_text())["results"]
+    report = json.loads(out.read_text())
+    assert report["options"]["hf_flush_denormal"] is False
+    (result,) = report["results"]
     assert result["checkpointing"] and "error" not in result["kilolayer"] and "error" not in result["hf"]
+
+
+def test_ablation_prints_each_variant_against_all_on(capsys):
+    from kilolayer.bench import ablation
+
+    ablation.main(["--family", "gpt", "--size", "2x32x2", "--rounds", "1", "--threads", "1"])
+    printed = capsys.readouterr().out
+    for name in ("all on", "native tanh-GELU", "loss over full logits", "fresh logits buffer"):
+        assert name in printed
+    assert printed.count("without this optimisation") == 3
+
+
+def test_breakdown_attributes_the_step_to_operator_kinds(capsys):
+    from kilolayer.bench import breakdown
+
+    assert breakdown.categorise("aten::addmm") == "matmul"
+    assert breakdown.categorise("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention kernel"
+    breakdown.main(["--family", "gpt", "--size", "2x32x2", "--threads", "1", "--top", "3"])
+    printed = capsys.readouterr().out
+    assert "matmul" in printed and "GFLOP/s on the model FLOPs" in printed
+    category_lines = printed.split("top operators:")[0].splitlines()[1:]
+    shares = [float(re.search(r"([\d.]+)%", line)[1]) for line in category_lines]
+    assert abs(sum(shares) - 100) < 1  # the categories partition the step's operator time

@@ -42,6 +42,11 @@ def register(subparsers) -> None:
         "--optimizer", choices=("fused", "foreach", "for-loop"), default="fused",
         help="AdamW kernel on both sides (default fused, as the trainer uses)",
     )
+    bench.add_argument(
+        "--hf-as-shipped", action="store_true",
+        help="leave denormals unflushed in the HF processes, as HF runs out of the box (default: flushed on both "
+        "sides, the same conditions; kilolayer's trainer always flushes them)",
+    )
     bench.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON report (default bench.json)")
     bench.set_defaults(func=run)
 
@@ -73,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         checkpointing=args.checkpointing,
         compile=args.compile,
         optimizer=args.optimizer,
+        hf_flush_denormal=not args.hf_as_shipped,
     )
     if args.threads:
         options.threads = args.threads

@@ -132,10 +132,12 @@ def training_flops(family: str, size: Size, batch: int, length: int) -> float:
     """Model FLOPs of one training step (forward + backward = 3 x forward; recomputation not counted).
 
     Forward matmuls per token: per layer 2·(4H² + 2·H·F) (QKV, attention-out, FFN in/out) plus attention
-    2·2·T·H (scores and weighted sum, full T x T as PaLM counts it), and the vocabulary projection 2·H·V
-    (BERT's MLM head adds its H x H dense layer).
+    2·2·T·H (scores and weighted sum, full T x T as PaLM counts it). The vocabulary projection 2·H·V
+    (BERT's MLM head adds its H x H dense layer) counts for the tokens the loss scores: all of them for
+    GPT, the masked ones for BERT (the work the task needs, whether or not a model projects the rest).
     """
     hidden, ffn, vocab = size.hidden, 4 * size.hidden, VOCAB[family]
     per_layer = 2 * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * length * hidden
     head = 2 * hidden * vocab + (2 * hidden * hidden if family == "bert" else 0)
-    return 3.0 * batch * length * (size.layers * per_layer + head)
+    scored = int((make_batch(family, batch, length)["labels"] != -100).sum())
+    return 3.0 * (batch * length * size.layers * per_layer + scored * head)

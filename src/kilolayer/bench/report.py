@@ -53,7 +53,8 @@ def notes(report: dict) -> str:
         f"transformers {m['transformers']}" + (f"; GPU {m['gpu']}" if m.get("gpu") else ""),
         f"run: {report['started']}, {report['wall_s'] / 60:.1f} min; batch {o['batch']} x {o['length']} tokens, "
         f"{o['precision']}, {o['threads']} threads, {o['device']}, AdamW {o['optimizer']}, "
-        f"steps {o['steps']} after {o['warmup']} warm-up (median), compile {'on' if o['compile'] else 'off'}",
+        f"steps {o['steps']} after {o['warmup']} warm-up (median), compile {'on' if o['compile'] else 'off'}, "
+        f"denormals flushed: kilolayer yes, HF {'yes' if o.get('hf_flush_denormal', True) else 'no (as shipped)'}",
         "load average (1/5/15 min): before " + "/".join(f"{x:.1f}" for x in load["before"])
         + ", after " + "/".join(f"{x:.1f}" for x in load["after"]),
     ]

@@ -50,6 +50,7 @@ class BenchOptions:
     checkpointing: str = "auto"  # auto (on for GPT-1k-sized stacks) | on | off
     compile: bool = False
     optimizer: str = "fused"
+    hf_flush_denormal: bool = True  # False: HF as it runs out of the box (torch's default floating-point mode)
     adamw_kernels: bool = True  # also time one AdamW step per kernel on the kilolayer model
 
 
@@ -163,6 +164,7 @@ class PairRun:
             "batch": o.batch, "length": o.length, "threads": o.threads, "precision": o.precision, "device": o.device,
             "checkpointing": self.checkpointing, "compile": o.compile and implementation == "kilolayer",
             "optimizer": o.optimizer, "seed": 0,
+            "flush_denormal": implementation == "kilolayer" or o.hf_flush_denormal,
         }
 
     def run(self) -> dict:

@@ -28,7 +28,8 @@ class Worker:
         self.device = torch.device(spec["device"])
         self.autocast_dtype = torch.bfloat16 if spec["precision"] == "bf16" else None
         torch.set_num_threads(spec["threads"])
-        torch.set_flush_denormal(True)  # both sides: deep narrow nets produce denormals, many times slower on CPU
+        # deep narrow nets produce denormals, many times slower on CPU; kilolayer's trainer always flushes them
+        torch.set_flush_denormal(spec["flush_denormal"])
         torch.manual_seed(spec["seed"])
         size = Size(**spec["size"])
         started = time.perf_counter()

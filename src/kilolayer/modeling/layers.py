@@ -6,6 +6,8 @@ init rule is applied per role and a fused QKV weight is initialised slice by sli
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,14 +16,50 @@ from transformers.activations import ACT2FN
 from .schemes import build_norm
 
 
-# Activations whose ACT2FN module is a chain of elementwise ops, mapped to the one-kernel form of the
-# same function: gelu_new (GPT-2's tanh approximation) runs 8 ops and keeps 4 tensors for backward.
-FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
+GELU_TANH_SCALE = math.sqrt(2 / math.pi)
+GELU_TANH_CUBIC = 0.044715
+
+
+class SigmoidTanhGelu(torch.autograd.Function):
+    """GPT-2's GELU, x·½(1 + tanh(u)) with u = √(2/π)(x + 0.044715x³), computed as x·σ(2u).
+
+    The same function (½(1 + tanh u) = σ(2u)), for CPUs whose vectorised tanh is slow: on the
+    benchmark machine tanh takes 259 µs and sigmoid 27 µs on 131k floats, and the forward drops from
+    148 to 72 µs. Keeps only x for backward, like the native kernel:
+    dy/dx = s·(1 + (1 − s)·x·du/dx) with s = σ(2u).
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        two_u = (x * x).mul_(2 * GELU_TANH_SCALE * GELU_TANH_CUBIC).add_(2 * GELU_TANH_SCALE).mul_(x)
+        return two_u.sigmoid_().mul_(x)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        squared = x * x
+        s = torch.mul(squared, 2 * GELU_TANH_SCALE * GELU_TANH_CUBIC).add_(2 * GELU_TANH_SCALE).mul_(x).sigmoid_()
+        slope = squared.mul_(6 * GELU_TANH_SCALE * GELU_TANH_CUBIC).add_(2 * GELU_TANH_SCALE).mul_(x)  # x·d(2u)/dx
+        return slope.addcmul_(slope, s, value=-1).add_(1).mul_(s).mul_(grad_output)
+
+
+class TanhGelu(nn.Module):
+    """GPT-2's ``gelu_new``: the sigmoid form on CPU in float32/64, else the one-kernel ``F.gelu(approximate="tanh")``
+    (HF's ``ACT2FN["gelu_new"]`` is 8 elementwise ops keeping 4 tensors for backward)."""
+
+    def forward(self, x):
+        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+            return SigmoidTanhGelu.apply(x)
+        return F.gelu(x, approximate="tanh")
+
+
+TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh")
 
 
 def build_activation(name: str) -> nn.Module:
-    """``ACT2FN[name]``, through a fused kernel where one computes the same function."""
-    return ACT2FN[FUSED_ACTIVATIONS.get(name, name)]
+    """``ACT2FN[name]``, except the tanh-approximated GELU (``TanhGelu``)."""
+    return TanhGelu() if name in TANH_GELU_NAMES else ACT2FN[name]
 
 
 def tag_roles(linear: nn.Linear, *roles: str) -> nn.Linear:

@@ -25,6 +25,7 @@ from transformers.modeling_outputs import (
 
 from .configuration import KiloConfig
 from .layers import FeedForward, RotaryEmbedding, SelfAttention, build_activation
+from .losses import LogitsWorkspace, linear_cross_entropy
 from .schemes import ReZero, build_norm, scheme_class
 
 
@@ -182,6 +183,11 @@ class KiloModel(KiloPreTrainedModel):
         )
 
 
+def training_step(model: nn.Module) -> bool:
+    """A forward whose loss will be back-propagated: the heads then skip the full logits."""
+    return model.training and torch.is_grad_enabled()
+
+
 class KiloForCausalLM(KiloPreTrainedModel, GenerationMixin):
     """GPT family: next-token prediction. ``labels`` = input ids; the shift happens here."""
 
@@ -191,6 +197,7 @@ class KiloForCausalLM(KiloPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = KiloModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.logits_workspace = LogitsWorkspace()
         self.post_init()
 
     def get_output_embeddings(self):
@@ -200,14 +207,22 @@ class KiloForCausalLM(KiloPreTrainedModel, GenerationMixin):
         self.lm_head = new_embeddings
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, logits_to_keep: int = 0, **kwargs):
+        """With ``labels`` in a training step (train mode, grad enabled) the loss is fused with the head
+        and ``logits`` is None (``losses.py``); otherwise logits as usual."""
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         hidden = outputs.last_hidden_state
-        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
-        loss = None
+        logits = loss = None
         if labels is not None:
             # shift the labels, not the logits: slicing (B, T, V) logits copies them, and zero-fills in backward
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100).flatten()
+            if training_step(self):
+                loss = linear_cross_entropy(
+                    hidden.flatten(0, 1), self.lm_head.weight, self.lm_head.bias, targets, workspace=self.logits_workspace
+                )
+        if loss is None:
+            logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+            if labels is not None:
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets, ignore_index=-100)
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
         )
@@ -245,11 +260,18 @@ class KiloForMaskedLM(KiloPreTrainedModel):
         self.lm_head.decoder = new_embeddings
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        """With ``labels`` in a training step (train mode, grad enabled) only the masked positions go
+        through the head (15 % of the vocabulary projection) and ``logits`` is None."""
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        logits = self.lm_head(outputs.last_hidden_state)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        hidden = outputs.last_hidden_state
+        logits = loss = None
+        if labels is not None and training_step(self):
+            scored = labels != -100
+            loss = F.cross_entropy(self.lm_head(hidden[scored]).float(), labels[scored])
+        else:
+            logits = self.lm_head(hidden)
+            if labels is not None:
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 

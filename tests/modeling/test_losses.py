@@ -1,0 +1,113 @@
+"""The training-step losses without full logits equal the plain cross-entropy over full logits."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kilolayer.modeling import KiloConfig, KiloForCausalLM, KiloForMaskedLM
+from kilolayer.modeling import losses
+from kilolayer.modeling.losses import linear_cross_entropy
+
+
+def leaves(rows=10, features=6, vocab=11, bias=True, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(rows, features, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(vocab, features, generator=generator, dtype=torch.float64, requires_grad=True)
+    bias_ = torch.randn(vocab, generator=generator, dtype=torch.float64, requires_grad=True) if bias else None
+    targets = torch.randint(0, vocab, (rows,), generator=generator)
+    targets[::3] = -100
+    return hidden, weight, bias_, targets
+
+
+def gradients(loss, tensors):
+    return torch.autograd.grad(loss, [t for t in tensors if t is not None])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("chunk_rows", [1, 4, 1000])
+def test_equals_cross_entropy_over_logits(monkeypatch, bias, chunk_rows):
+    monkeypatch.setattr(losses, "CHUNK_BYTES", 8 * 11 * chunk_rows)  # float64 rows of 11 logits: several chunks, or one
+    workspace = losses.LogitsWorkspace()
+    for seed in (0, 1):  # the second call reuses the workspace's buffer
+        hidden, weight, bias_, targets = leaves(bias=bias, seed=seed)
+        expected = F.cross_entropy(F.linear(hidden, weight, bias_), targets, ignore_index=-100)
+        scale = 0.25  # the loss of one micro-batch of four: the gradient is scaled by the incoming gradient
+        expected_grads = gradients(expected * scale, (hidden, weight, bias_))
+        for fused in (linear_cross_entropy(hidden, weight, bias_, targets), linear_cross_entropy(hidden, weight, bias_, targets, workspace=workspace)):
+            torch.testing.assert_close(fused, expected)
+            for got, want in zip(gradients(fused * scale, (hidden, weight, bias_)), expected_grads):
+                torch.testing.assert_close(got, want)
+    assert workspace.buffer is not None and workspace.buffer.dtype == torch.float64
+
+
+def test_gradcheck():
+    hidden, weight, bias_, targets = leaves(rows=5, features=3, vocab=4)
+    assert torch.autograd.gradcheck(lambda h, w, b: linear_cross_entropy(h, w, b, targets), (hidden, weight, bias_))
+
+
+def test_bf16_autocast_close_to_float32():
+    hidden, weight, bias_, targets = (t.float().detach().requires_grad_() if t.is_floating_point() else t for t in leaves(rows=64, features=32, vocab=50))
+    expected = F.cross_entropy(F.linear(hidden, weight, bias_), targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = linear_cross_entropy(hidden, weight, bias_, targets)
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, expected, rtol=2e-2, atol=2e-2)
+    grad_hidden, grad_weight, _ = gradients(fused, (hidden, weight, bias_))
+    assert grad_hidden.dtype == grad_weight.dtype == torch.float32
+    want_hidden, want_weight, _ = gradients(expected, (hidden, weight, bias_))
+    torch.testing.assert_close(grad_weight, want_weight, rtol=5e-2, atol=5e-3)
+
+
+def tiny(arch):
+    torch.manual_seed(0)
+    config = KiloConfig(arch=arch, num_layers=3, hidden_size=16, num_heads=2, vocab_size=40, max_positions=16,
+                        scheme="pre_ln" if arch == "gpt" else "post_ln")
+    return (KiloForCausalLM if arch == "gpt" else KiloForMaskedLM)(config)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "bert"])
+def test_training_step_matches_the_full_logits_loss(arch):
+    """Train mode + labels skips the logits; eval mode computes them. Same loss, same gradients (dropout is 0)."""
+    model = tiny(arch)
+    input_ids = torch.randint(0, 40, (3, 9))
+    labels = input_ids if arch == "gpt" else torch.where(torch.rand(3, 9) < 0.3, input_ids, -100)
+    labels[0, 0] = input_ids[0, 0]
+    parameters = list(model.parameters())
+
+    model.train()
+    fused = model(input_ids=input_ids, labels=labels)
+    assert fused.logits is None
+    fused_grads = torch.autograd.grad(fused.loss, parameters, allow_unused=True)
+
+    model.eval()
+    plain = model(input_ids=input_ids, labels=labels)
+    assert plain.logits is not None
+    plain_grads = torch.autograd.grad(plain.loss, parameters, allow_unused=True)
+
+    torch.testing.assert_close(fused.loss, plain.loss)
+    for (name, _), got, want in zip(model.named_parameters(), fused_grads, plain_grads):
+        if want is None:
+            assert got is None, name
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_no_grad_training_forward_keeps_logits():
+    model = tiny("gpt").train()
+    input_ids = torch.randint(0, 40, (2, 5))
+    with torch.no_grad():
+        output = model(input_ids=input_ids, labels=input_ids)
+    assert output.logits.shape == (2, 5, 40) and torch.isfinite(output.loss)
+
+
+def test_target_probability_below_float32_range_gives_the_exact_loss():
+    """−log p(target) with p underflowing to 0 would be inf: those rows take the exact log-sum-exp."""
+    hidden, weight, bias_, targets = (t.float().detach().requires_grad_() if t.is_floating_point() else t for t in leaves(rows=6, vocab=7))
+    with torch.no_grad():
+        hidden.mul_(100)  # logit gaps of hundreds: p(target) = e^-hundreds for most rows
+    expected = F.cross_entropy(F.linear(hidden, weight, bias_), targets)
+    assert expected > 50
+    fused = linear_cross_entropy(hidden, weight, bias_, targets)
+    torch.testing.assert_close(fused, expected)
+    for got, want in zip(gradients(fused, (hidden, weight, bias_)), gradients(expected, (hidden, weight, bias_))):
+        torch.testing.assert_close(got, want)
