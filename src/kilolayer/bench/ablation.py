@@ -16,11 +16,10 @@ import contextlib
 import statistics
 import time
 
-import torch
 from torch import nn
 
 from ..modeling.layers import TanhGelu
-from .models import Size, build_model, make_batch
+from .models import add_model_arguments, training_setup, training_step
 
 
 @contextlib.contextmanager
@@ -59,25 +58,16 @@ VARIANTS = {
 
 def step_seconds(model, optimizer, batch) -> float:
     started = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    model(**batch, use_cache=False).loss.backward()  # eval mode would otherwise fill a KV cache
-    optimizer.step()
+    training_step(model, optimizer, batch)
     return time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", choices=("gpt", "bert"), default="gpt")
-    parser.add_argument("--size", default="1000x64", help="LAYERSxHIDDEN[xHEADS] (default 1000x64)")
+    add_model_arguments(parser)
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds (median; default 5)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    torch.manual_seed(0)
-    model = build_model("kilolayer", args.family, Size.parse(args.size)).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    batch = make_batch(args.family, 8, 64)
+    model, optimizer, batch = training_setup(args)
     variants = {name: switch for name, (switch, families) in VARIANTS.items() if args.family in families.split()}
     samples: dict[str, list[float]] = {"all on": [], **{name: [] for name in variants}}
     for round_index in range(args.rounds + 1):  # round 0 warms every variant up
@@ -88,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             if round_index:
                 samples[name].append(seconds)
     baseline = statistics.median(samples["all on"])
-    print(f"{args.family} {args.size}, {args.threads} threads, median of {args.rounds} interleaved rounds")
+    print(f"{args.family} {args.size.label}, {args.threads} threads, median of {args.rounds} interleaved rounds")
     for name, values in samples.items():
         median = statistics.median(values)
         change = "" if name == "all on" else f"  ({median - baseline:+.3f} s, {median / baseline - 1:+.1%} without this optimisation)"

@@ -15,7 +15,7 @@ import collections
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .models import Size, build_model, make_batch, training_flops
+from .models import BATCH, LENGTH, add_model_arguments, training_flops, training_setup, training_step
 
 CATEGORIES = (  # first match wins: (category, substrings of ATen operator names)
     ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
@@ -37,35 +37,21 @@ def categorise(name: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", choices=("gpt", "bert"), default="gpt")
-    parser.add_argument("--size", default="1000x64", help="LAYERSxHIDDEN[xHEADS] (default 1000x64)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    add_model_arguments(parser)
     parser.add_argument("--top", type=int, default=8, help="top operators listed (default 8)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    torch.manual_seed(0)
-    size = Size.parse(args.size)
-    model = build_model("kilolayer", args.family, size).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    batch = make_batch(args.family, 8, 64)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        model(**batch).loss.backward()
-        optimizer.step()
-
+    model, optimizer, batch = training_setup(args)
     for _ in range(2):
-        step()
+        training_step(model, optimizer, batch)
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        step()
+        training_step(model, optimizer, batch)
     events = [event for event in profiler.key_averages() if event.self_cpu_time_total > 0]
     total = sum(event.self_cpu_time_total for event in events)  # microseconds
     by_category = collections.Counter()
     for event in events:
         by_category[categorise(event.key)] += event.self_cpu_time_total
-    flops = training_flops(args.family, size, 8, 64)
-    print(f"{args.family} {args.size}, {args.threads} threads: one profiled step, {total / 1e6:.2f} s of operator time")
+    flops = training_flops(args.family, args.size, BATCH, LENGTH)
+    print(f"{args.family} {args.size.label}, {args.threads} threads: one profiled step, {total / 1e6:.2f} s of operator time")
     for category, micros in by_category.most_common():
         extra = f"  ({flops / (micros / 1e6) / 1e9:.0f} GFLOP/s on the model FLOPs)" if category == "matmul" else ""
         print(f"  {category:44s} {micros / 1e6:6.2f} s  {micros / total:6.1%}{extra}")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import KiloError
+from .models import BATCH, LENGTH
 
 DEFAULT_SIZES = "1000x64,1000x256,12x768"
 
@@ -28,8 +29,8 @@ def register(subparsers) -> None:
     bench.add_argument("--warmup", type=_non_negative_int, help="unmeasured steps first (default 2, quick 1)")
     bench.add_argument("--eval-batches", type=_positive_int, help="measured eval batches per model (default 3, quick 1)")
     bench.add_argument("--quick", action="store_true", help="defaults for a fast look: 2 steps after 1 warm-up, 1 eval batch")
-    bench.add_argument("--batch", type=_positive_int, default=8, help="sequences per step (default 8)")
-    bench.add_argument("--length", type=_positive_int, default=64, help="tokens per sequence (default 64)")
+    bench.add_argument("--batch", type=_positive_int, default=BATCH, help=f"sequences per step (default {BATCH})")
+    bench.add_argument("--length", type=_positive_int, default=LENGTH, help=f"tokens per sequence (default {LENGTH})")
     bench.add_argument("--threads", type=_positive_int, help="torch threads in every process (default torch's)")
     bench.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 = autocast (default fp32)")
     bench.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")

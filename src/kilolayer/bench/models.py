@@ -7,6 +7,7 @@ Dropout is 0 on both sides (it costs time and is not part of the architecture be
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 
@@ -23,6 +24,7 @@ ACTIVATION = {"gpt": "gelu_new", "bert": "gelu"}
 MLM_PROBABILITY = 0.15
 SCORED_TOKENS = 16  # eval: a GPT request scores its last 16 tokens (the continuation)
 DEFAULT_HEADS = {64: 2, 256: 1, 768: 12}  # the issue's shapes: 1000x64 (2 heads), 1000x256 (1), 12x768 (12)
+BATCH, LENGTH = 8, 64  # the issue's batch: 8 sequences of 64 tokens
 CHECKPOINTING_FROM = 256_000  # layers x hidden: GPT-1k-sized stacks train with activation checkpointing
 
 
@@ -141,3 +143,34 @@ def training_flops(family: str, size: Size, batch: int, length: int) -> float:
     head = 2 * hidden * vocab + (2 * hidden * hidden if family == "bert" else 0)
     scored = int((make_batch(family, batch, length)["labels"] != -100).sum())
     return 3.0 * (batch * length * size.layers * per_layer + scored * head)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--family, --size and --threads of the single-model tools (``ablation``, ``breakdown``)."""
+    parser.add_argument("--family", choices=FAMILIES, default="gpt")
+    parser.add_argument("--size", type=_size_argument, default=Size(1000, 64, 2), help="LAYERSxHIDDEN[xHEADS] (default 1000x64)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default torch's)")
+
+
+def training_setup(args: argparse.Namespace):
+    """The kilolayer model of ``args`` in train mode (seed 0, denormals flushed), its fused AdamW and the bench batch."""
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    torch.manual_seed(0)
+    model = build_model("kilolayer", args.family, args.size).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    return model, optimizer, make_batch(args.family, BATCH, LENGTH)
+
+
+def _size_argument(text: str) -> Size:
+    try:
+        return Size.parse(text)
+    except KiloError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def training_step(model, optimizer, batch: dict) -> None:
+    """Zero grads, forward, backward, AdamW (``use_cache=False``: in eval mode a GPT would fill a KV cache)."""
+    optimizer.zero_grad(set_to_none=True)
+    model(**batch, use_cache=False).loss.backward()
+    optimizer.step()

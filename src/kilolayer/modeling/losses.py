@@ -7,7 +7,8 @@ one fused kernel; that gives the loss (−log p of the target) and, minus the on
 (softmax − one-hot) / n_targets, which goes back through the projection at once. The matmuls are
 the same three as before; one chunk's logits are the only vocabulary-sized buffer. The gradients
 are computed in forward, so this is for training steps only (``torch.is_grad_enabled()``);
-evaluation keeps the logits."""
+evaluation keeps the logits.
+"""
 
 from __future__ import annotations
 
@@ -62,25 +63,25 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad_weight = grad_bias = None
             for start in range(0, inputs.shape[0], rows):
                 chunk = slice(start, start + rows)
-                rows_here = inputs[chunk].shape[0]
+                chunk_inputs, chunk_targets, chunk_valid = inputs[chunk], safe_targets[chunk], valid[chunk, None]
                 if workspace is not None and compute_dtype == loss_dtype:
                     buffer = workspace.take(min(rows, inputs.shape[0]), weight.shape[0], loss_dtype, hidden.device)
-                    logits = _project(inputs[chunk], projection, bias_, out=buffer[:rows_here])
+                    logits = _project(chunk_inputs, projection, bias_, out=buffer[: chunk_inputs.shape[0]])
                 else:
-                    logits = _project(inputs[chunk], projection, bias_).to(loss_dtype)
-                target_logits = logits.gather(1, safe_targets[chunk])[:, 0]
+                    logits = _project(chunk_inputs, projection, bias_).to(loss_dtype)
+                target_logits = logits.gather(1, chunk_targets)[:, 0]
                 probs = torch.softmax(logits, dim=-1, out=logits)  # one fused kernel, in the logits' memory
-                nll = -probs.gather(1, safe_targets[chunk])[:, 0].log()
+                nll = -probs.gather(1, chunk_targets)[:, 0].log()
                 underflow = nll > UNDERFLOW_NLL  # p(target) too small for −log p: the exact log-sum-exp instead
                 if underflow.any():
-                    exact = torch.logsumexp(_project(inputs[chunk][underflow], projection, bias_).to(loss_dtype), dim=-1)
+                    exact = torch.logsumexp(_project(chunk_inputs[underflow], projection, bias_).to(loss_dtype), dim=-1)
                     nll[underflow] = exact - target_logits[underflow]
-                total += (nll * valid[chunk]).sum()
-                probs.scatter_add_(1, safe_targets[chunk], -valid[chunk, None].to(loss_dtype))  # softmax − one-hot
+                total += (nll * chunk_valid[:, 0]).sum()
+                probs.scatter_add_(1, chunk_targets, -chunk_valid.to(loss_dtype))  # softmax − one-hot
                 grad_logits = probs.to(compute_dtype)
                 # the 1 / n_targets row scale goes on the (rows x features) sides, not the vocabulary-sized one
                 grad_hidden[chunk] = (grad_logits @ projection).mul_(scale[chunk])
-                chunk_weight = (grad_logits.T @ (inputs[chunk] * scale[chunk])).to(loss_dtype)
+                chunk_weight = (grad_logits.T @ (chunk_inputs * scale[chunk])).to(loss_dtype)
                 grad_weight = chunk_weight if grad_weight is None else grad_weight.add_(chunk_weight)
                 if bias is not None:
                     chunk_bias = (scale[chunk, 0] @ grad_logits).to(loss_dtype)
@@ -98,7 +99,7 @@ class LinearCrossEntropy(torch.autograd.Function):
 def linear_cross_entropy(hidden, weight, bias, targets, ignore_index: int = -100, workspace: LogitsWorkspace | None = None) -> torch.Tensor:
     """``F.cross_entropy(hidden @ weight.T + bias, targets, ignore_index)`` for a training step, without the logits.
 
-    ``hidden`` is (rows, features), ``targets`` (rows,); a ``workspace`` reuses the logits buffer. Equal to the unfused loss and gradients to
-    float32 rounding (``tests/modeling/test_losses.py``).
+    ``hidden`` is (rows, features), ``targets`` (rows,); a ``workspace`` reuses the logits buffer.
+    Equal to the unfused loss and gradients to float32 rounding (``tests/modeling/test_losses.py``).
     """
     return LinearCrossEntropy.apply(hidden, weight, bias, targets, ignore_index, workspace)

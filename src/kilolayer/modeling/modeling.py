@@ -215,11 +215,11 @@ class KiloForCausalLM(KiloPreTrainedModel, GenerationMixin):
         if labels is not None:
             # shift the labels, not the logits: slicing (B, T, V) logits copies them, and zero-fills in backward
             targets = F.pad(labels[:, 1:], (0, 1), value=-100).flatten()
-            if training_step(self):
-                loss = linear_cross_entropy(
-                    hidden.flatten(0, 1), self.lm_head.weight, self.lm_head.bias, targets, workspace=self.logits_workspace
-                )
-        if loss is None:
+        if labels is not None and training_step(self):
+            loss = linear_cross_entropy(
+                hidden.flatten(0, 1), self.lm_head.weight, self.lm_head.bias, targets, workspace=self.logits_workspace
+            )
+        else:
             logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
             if labels is not None:
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), targets, ignore_index=-100)
