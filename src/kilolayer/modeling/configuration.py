@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from .schemes import SCHEMES, scheme_class
+from .schemes import DYT_ALPHA_INIT, SCHEMES, scheme_class
 
 ARCHS = ("gpt", "bert")
-NORMS = ("layernorm", "rmsnorm")
+NORMS = ("layernorm", "rmsnorm", "dyt")
+# The schemes' stored constants, each with the range it must lie in (a scheme's default_constants names its own).
+SCHEME_CONSTANTS = {
+    "alpha": (lambda value: value > 0, "> 0"),
+    "beta": (lambda value: value > 0, "> 0"),
+    "post_ln_fraction": (lambda value: 0 <= value <= 1, "in [0, 1]"),
+    "branch_exponent": (lambda value: value >= 0, ">= 0"),
+}
 POSITIONS = ("learned", "rotary")
 
 
@@ -22,7 +29,9 @@ class KiloConfig(PretrainedConfig):
     arch: "gpt" (causal) or "bert" (bidirectional). A layer is an attention sublayer plus an FFN
     sublayer; ``num_layers`` is N in the scheme equations. ``alpha`` is the residual scale α of
     the schemes ``x ← LN(α·x + G(x))``; ``beta`` is the init gain of the scaled projections
-    (DeepNorm's β, Sub-LN's γ). Both stay None for schemes that do not use them.
+    (DeepNorm's β, Sub-LN's γ, T-Fixup's 0.67·N^{-1/4}); ``post_ln_fraction`` is Mix-LN's share of
+    Post-LN layers; ``branch_exponent`` is a in ``x + N^{-a}·G(LN(x))``. Each stays None for schemes
+    that do not use it. ``dyt_alpha`` is the initial α of ``norm: dyt`` (γ·tanh(α·x) + β).
     """
 
     model_type = "kilolayer"
@@ -52,6 +61,9 @@ class KiloConfig(PretrainedConfig):
     norm_eps: float = 1e-5
     alpha: float | None = None
     beta: float | None = None
+    post_ln_fraction: float | None = None
+    branch_exponent: float | None = None
+    dyt_alpha: float | None = None
     initializer_range: float = 0.02
     use_bias: bool = True
     tie_word_embeddings: bool = True
@@ -90,14 +102,20 @@ class KiloConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         scheme = scheme_class(self.scheme)  # raises with the list of known schemes
         defaults = scheme.default_constants(self.num_layers)
-        for name in ("alpha", "beta"):
+        for name, (in_range, range_text) in SCHEME_CONSTANTS.items():
             value = getattr(self, name)
             if value is None:
                 setattr(self, name, defaults.get(name))
             elif name not in defaults:
                 raise ValueError(f"scheme {self.scheme!r} takes no {name}; remove it from the config")
-            elif not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
+            elif not in_range(value):
+                raise ValueError(f"{name} must be {range_text}, got {value!r}")
+        if self.norm != "dyt" and self.dyt_alpha is not None:
+            raise ValueError(f"dyt_alpha is the initial α of norm: dyt, but norm is {self.norm!r}; remove dyt_alpha")
+        if self.norm == "dyt":
+            self.dyt_alpha = DYT_ALPHA_INIT if self.dyt_alpha is None else self.dyt_alpha
+            if not self.dyt_alpha > 0:
+                raise ValueError(f"dyt_alpha must be > 0, got {self.dyt_alpha!r}")
         if self.ffn_size is None:
             self.ffn_size = 4 * self.hidden_size
         elif self.ffn_size < 1:
@@ -106,6 +124,10 @@ class KiloConfig(PretrainedConfig):
             self.type_vocab_size = 2 if self.arch == "bert" else 0
         if self.embedding_norm is None:
             self.embedding_norm = self.arch == "bert"
+
+    def scheme_constants(self) -> dict[str, float]:
+        """The constants this model's scheme uses (α, β, ...), by name."""
+        return {name: getattr(self, name) for name in SCHEME_CONSTANTS if getattr(self, name) is not None}
 
     @property
     def is_causal(self) -> bool:
@@ -117,7 +139,7 @@ class KiloConfig(PretrainedConfig):
 
     def summary(self) -> str:
         """One line for logs and model cards."""
-        constants = ", ".join(f"{k}={getattr(self, k):.4g}" for k in ("alpha", "beta") if getattr(self, k))
+        constants = ", ".join(f"{name}={value:.4g}" for name, value in self.scheme_constants().items())
         return (
             f"{self.arch} {self.num_layers}x{self.hidden_size} heads={self.num_heads} ffn={self.ffn_size} "
             f"vocab={self.vocab_size} scheme={self.scheme}" + (f" ({constants})" if constants else "")

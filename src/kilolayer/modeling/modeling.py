@@ -26,7 +26,7 @@ from transformers.modeling_outputs import (
 from .configuration import KiloConfig
 from .layers import FeedForward, RotaryEmbedding, SelfAttention, build_activation
 from .losses import LogitsWorkspace, linear_cross_entropy
-from .schemes import ReZero, build_norm, scheme_class
+from .schemes import DynamicTanh, ReZero, build_norm, scheme_class
 
 
 @contextlib.contextmanager
@@ -87,6 +87,11 @@ class KiloPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, ReZero):
             init.zeros_(module.gate)
+        elif isinstance(module, DynamicTanh):
+            init.constant_(module.alpha, config.dyt_alpha)
+            init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, RotaryEmbedding):
             head = config.head_size
             inv_freq = 1.0 / (config.rotary_base ** (torch.arange(0, head, 2, dtype=torch.float32) / head))

@@ -21,12 +21,35 @@ RESIDUAL_OUT_ROLES = frozenset({"attn_out", "ffn_out"})
 QUERY_KEY_ROLES = frozenset({"q", "k"})
 
 
+DYT_ALPHA_INIT = 0.5  # DyT's default α₀ (arXiv 2503.10622)
+
+
 def build_norm(config, size: int | None = None) -> nn.Module:
-    """LayerNorm or RMSNorm (as ``config.norm`` says) over ``size`` features, the hidden size by default."""
+    """LayerNorm, RMSNorm or DyT (as ``config.norm`` says) over ``size`` features, the hidden size by default."""
     size = size or config.hidden_size
     if config.norm == "rmsnorm":
         return nn.RMSNorm(size, eps=config.norm_eps)
+    if config.norm == "dyt":
+        return DynamicTanh(size, config.dyt_alpha, bias=config.use_bias)
     return nn.LayerNorm(size, eps=config.norm_eps, bias=config.use_bias)
+
+
+class DynamicTanh(nn.Module):
+    """DyT (Transformers without Normalization, Zhu et al. 2025, arXiv 2503.10622): γ·tanh(α·x) + β.
+
+    Replaces every norm when ``norm: dyt``. α is one learnable scalar per DyT, initialised to
+    ``config.dyt_alpha`` (stored; 0.5 by default, the paper's α₀); γ = 1 and β = 0 at init, as LayerNorm's.
+    """
+
+    def __init__(self, size: int, alpha_init: float, bias: bool = True):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.full((), float(alpha_init)))
+        self.weight = nn.Parameter(torch.ones(size))
+        self.bias = nn.Parameter(torch.zeros(size)) if bias else None
+
+    def forward(self, x):
+        y = torch.tanh(self.alpha * x) * self.weight
+        return y + self.bias if self.bias is not None else y
 
 
 class Scheme(nn.Module):
@@ -199,7 +222,10 @@ class LayerNormScaling(Scheme):
 
 
 class Sandwich(Scheme):
-    """Sandwich-LN (CogView, arXiv 2105.13290): x ← x + LN(G(LN(x))), final LN."""
+    """Sandwich-LN (CogView, arXiv 2105.13290): x ← x + LN(G(LN(x))), final LN.
+
+    Peri-LN (Kim et al. 2025, arXiv 2502.02732) is the same sublayer equation under another name.
+    """
 
     name = "sandwich"
     final_norm = True
@@ -213,9 +239,92 @@ class Sandwich(Scheme):
         return x + self.output_norm(sublayer(self.norm(x)))
 
 
+class MixLN(Scheme):
+    """Mix-LN (Li et al. 2024, arXiv 2412.13795): Post-LN x ← LN(x + G(x)) in the first ⌊f·N⌋ layers,
+    Pre-LN x ← x + G(LN(x)) in the others; final LN. Normal init.
+
+    f = ``config.post_ln_fraction``, 0.25 by default (the paper's best ratio).
+    """
+
+    name = "mix_ln"
+    final_norm = True
+
+    def __init__(self, config, layer_number: int):
+        super().__init__(config, layer_number)
+        self.norm = build_norm(config)
+        post_ln_layers = math.floor(config.post_ln_fraction * config.num_layers + 1e-9)  # ⌊f·N⌋; 0.29·100 is 28.999…
+        self.post_ln = layer_number <= post_ln_layers
+
+    @staticmethod
+    def default_constants(num_layers):
+        return {"post_ln_fraction": 0.25}
+
+    def forward(self, x, sublayer):
+        if self.post_ln:
+            return self.norm(x + sublayer(x))
+        return x + sublayer(self.norm(x))
+
+
+class DepthScaledBranch(Scheme):
+    """Depth-scaled branch: x ← x + N^{-a}·G(LN(x)), final LN. Normal init.
+
+    a = ``config.branch_exponent``: 0 is the plain Pre-LN branch, ½ depth-μP (Yang et al. 2023,
+    arXiv 2310.02244; Bordelon et al. 2023, arXiv 2309.16620), 1 CompleteP (Dey et al. 2025,
+    arXiv 2505.01618), the default. The papers write (N/N_base)^{-a}; here N_base = 1. Only this
+    forward multiplier is applied: the parametrisations' per-depth Adam learning rate (η·N^{a−1} on
+    hidden weights, so unchanged at a = 1) and ε stay the run's settings. The residual-out
+    projections keep the plain normal init (no GPT-2 1/√(2N)): the multiplier does that job.
+    """
+
+    name = "depth_scaled"
+    final_norm = True
+
+    def __init__(self, config, layer_number: int):
+        super().__init__(config, layer_number)
+        self.norm = build_norm(config)
+        self.multiplier = config.num_layers ** -config.branch_exponent
+
+    @staticmethod
+    def default_constants(num_layers):
+        return {"branch_exponent": 1.0}
+
+    def forward(self, x, sublayer):
+        return x + self.multiplier * sublayer(self.norm(x))
+
+
+class TFixup(Scheme):
+    """T-Fixup (Huang et al. 2020, "Improving Transformer Optimization Through Better Initialization",
+    ICML): x ← x + G(x), no norm anywhere (nor warmup, in the paper); the init alone bounds the updates.
+
+    Init: Xavier on every projection, with V, attention-out, FFN in and out scaled by
+    β = 0.67·N^{-1/4} (stored as ``beta``), the paper's encoder rule: a GPT or BERT stack has two
+    sublayers per layer, as T-Fixup's encoder; its decoder rule (9N)^{-1/4} counts three (with
+    cross-attention). Q and K keep gain 1. The embeddings keep kilolayer's N(0, σ²); T-Fixup's
+    N(0, d^{-1/2}) embeddings scaled by (9N)^{-1/4} tie them to an encoder-decoder's decoder depth.
+    Chosen over Admin (Liu et al. 2020), whose residual weights ω come from a profiling pass on data
+    rather than from N, so they are not a constant a config can derive.
+    """
+
+    name = "t_fixup"
+
+    @staticmethod
+    def default_constants(num_layers):
+        return {"beta": 0.67 * num_layers ** -0.25}
+
+    @classmethod
+    def init_projection(cls, weight, role, config):
+        init.xavier_uniform_(weight, gain=1.0 if role in QUERY_KEY_ROLES else config.beta)
+
+    def forward(self, x, sublayer):
+        return x + sublayer(x)
+
+
 SCHEMES: dict[str, type[Scheme]] = {
     cls.name: cls
-    for cls in (PostLN, PreLN, DeepNorm, UpscaleLN, FoundationLN, SubLN, ReZero, LayerNormScaling, Sandwich)
+    for cls in (
+        PostLN, PreLN, DeepNorm, UpscaleLN, FoundationLN, SubLN, ReZero, LayerNormScaling, Sandwich,
+        MixLN, DepthScaledBranch, TFixup,
+    )
 }
 
 
