@@ -66,3 +66,21 @@ def test_max_minutes_stops_cleanly_with_checkpoint_and_export(corpus, tmp_path):
     result = train(tiny_config(corpus, max_steps=10_000, max_minutes=1e-9), tmp_path / "run", progress=False)
     assert result.stopped_by == "max_minutes" and result.steps == 0
     assert result.export_dir is not None and (result.export_dir / "model.safetensors").is_file()
+
+
+def test_process_wide_settings_are_restored_after_the_run(corpus, tmp_path, monkeypatch):
+    import matplotlib
+
+    from kilolayer.train.process import flushes_denormals
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the run's threads (an explicit setting wins the policy)
+    torch.set_flush_denormal(False)
+    backend = matplotlib.get_backend()
+    try:
+        result = train(tiny_config(corpus, max_steps=2), tmp_path / "run", progress=False)
+        assert result.steps == 2 and (tmp_path / "run" / "loss_curve.png").is_file()
+        assert torch.get_num_threads() == 1 and not flushes_denormals()
+        assert matplotlib.get_backend() == backend
+        assert events(tmp_path / "run", "start")[0]["threads"].startswith("2 threads (OMP_NUM_THREADS)")
+    finally:
+        torch.set_flush_denormal(True)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import KiloError
-from .models import BATCH, LENGTH
+from . import BATCH, LENGTH
 
 DEFAULT_SIZES = "1000x64,1000x256,12x768"
 

@@ -14,6 +14,7 @@ import re
 import torch
 
 from ..errors import KiloError
+from . import BATCH, LENGTH
 
 FAMILIES = ("gpt", "bert")
 IMPLEMENTATIONS = ("kilolayer", "hf")
@@ -24,7 +25,6 @@ ACTIVATION = {"gpt": "gelu_new", "bert": "gelu"}
 MLM_PROBABILITY = 0.15
 SCORED_TOKENS = 16  # eval: a GPT request scores its last 16 tokens (the continuation)
 DEFAULT_HEADS = {64: 2, 256: 1, 768: 12}  # the shapes: 1000x64 (2 heads), 1000x256 (1), 12x768 (12)
-BATCH, LENGTH = 8, 64  # the batch: 8 sequences of 64 tokens
 CHECKPOINTING_FROM = 256_000  # layers x hidden: GPT-1k-sized stacks train with activation checkpointing
 
 

@@ -171,7 +171,11 @@ def _prepare(cell_dir: Path, cell: Cell) -> bool:
 
 
 def _launch(cell_dir: Path, threads: int, gpu: str | None) -> subprocess.Popen:
+    from ..threads import WAIT_POLICY
+
+    # The thread policy of kilolayer.threads: the cell's threads sleep, not spin, between operations.
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    environment.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
     if gpu is not None:
         environment["CUDA_VISIBLE_DEVICES"] = gpu
     with open(cell_dir / LOG_FILE, "ab") as log:

@@ -33,8 +33,10 @@ from . import checkpoint, distributed
 from .config import RESUMABLE_KEYS, TrainConfig
 from .export import export_model, materialize, model_card
 from .faults import Faults
-from .guard import LayerDiagnostics, StabilityGuard
+from .diagnostics import LayerDiagnostics, context_shuffled, usage
+from .guard import StabilityGuard
 from .metrics import METRICS, MetricsLog, plot_loss_curve
+from .process import ProcessSettings
 from .schedule import learning_rate
 
 CONFIG_FILE = "config.yaml"
@@ -116,9 +118,12 @@ class Trainer:
         model_input = dict(config.get("model") or {})
         build_model_config(model_input)  # a model typo fails before any data preparation
         self.parallel = distributed.setup(self.config.distributed)
+        self.process_settings = ProcessSettings(self.parallel.device)
+        self.process_settings.apply()
         try:
             self._build(model_input, out_dir, resume, progress, data)
         except BaseException:
+            self.process_settings.restore()
             self.parallel.teardown()
             raise
 
@@ -127,11 +132,10 @@ class Trainer:
         self.checkpoint_root = out_dir / "checkpoints"
         self.progress = progress and self.parallel.is_main
         self.warnings: list[str] = []
+        self.warned_idle_blocks = False
         self.faults = Faults()
         self.resume_from = self._find_resume(resume)
 
-        if self.parallel.device.type == "cpu":
-            torch.set_flush_denormal(True)  # deep narrow nets produce denormals: 6x slower on CPU without this
         if data is None:
             from ..data import prepare_data
 
@@ -382,13 +386,33 @@ class Trainer:
         window["tokens"] += tokens
         window["lr"] = lr
         if diagnose:
-            per_layer = {
-                "grad_norm": layer_grads.tolist(),
-                "update_norm": self.diagnostics.update_norms(before).tolist(),
-                "activation_rms": activations.tolist(),
-            }
-            self.metrics.write_diagnostics(number, per_layer, LayerDiagnostics.summarize)
+            self._write_diagnostics(number, layer_grads, before, activations)
         return "step"
+
+    def _write_diagnostics(self, number: int, layer_grads: torch.Tensor, before: list[torch.Tensor], activations) -> None:
+        """Per-block norms (summaries in ``diagnostics`` records, the full profile in ``layers`` records) and their
+        usage counts; warns once when most blocks no longer get a gradient Adam can see (``diagnostics.py``)."""
+        diagnostics = self.diagnostics
+        grad_rms = diagnostics.grad_rms(layer_grads)
+        update_norms = diagnostics.update_norms(before)
+        update_ratio = update_norms / diagnostics.parameter_norms().clamp_min(torch.finfo(torch.float64).tiny)
+        per_layer = {
+            "grad_norm": layer_grads.tolist(),
+            "grad_rms": grad_rms.tolist(),
+            "update_norm": update_norms.tolist(),
+            "update_ratio": update_ratio.tolist(),
+            "activation_rms": activations.tolist(),
+            "norm_gain": diagnostics.norm_gain_means(),
+        }
+        self.metrics.write_diagnostics(number, per_layer, LayerDiagnostics.summarize)
+        layer_usage = usage(per_layer["grad_norm"], per_layer["grad_rms"], per_layer["update_ratio"], self.config.adam_eps)
+        self.metrics.write("layers", step=number, usage=layer_usage.to_dict(), **per_layer)
+        if layer_usage.live_fraction < 0.5 and not self.warned_idle_blocks:
+            self.warned_idle_blocks = True
+            self._warn(
+                f"step {number}: {layer_usage.blocks - layer_usage.live_blocks} of {layer_usage.blocks} blocks get a gradient "
+                f"below Adam's eps ({self.config.adam_eps:g}): they no longer learn from the data"
+            )
 
     def _reset_window(self) -> None:
         self.window = {"losses": [], "grad_norms": [], "seconds": 0.0, "tokens": 0}
@@ -424,22 +448,27 @@ class Trainer:
         the world size, so every FSDP rank runs as many forwards), and its perplexity."""
         world, rank = self.parallel.world_size, self.parallel.rank
         batches = math.ceil(self.config.eval_batches / world) * world
-        totals = torch.zeros(2, dtype=torch.float64, device=self.parallel.device)
+        totals = torch.zeros(3, dtype=torch.float64, device=self.parallel.device)
+        causal = self.model_config.is_causal
         self.model.eval()
         for index in range(rank, batches, world):
             batch = self._batch(self.valid_batches, index)
             with self._autocast():
                 loss = self.wrapped(**batch).loss
-            labels = batch["labels"][:, 1:] if self.model_config.is_causal else batch["labels"]
+                shuffled_loss = self.wrapped(**context_shuffled(batch, causal)).loss
+            labels = batch["labels"][:, 1:] if causal else batch["labels"]
             count = (labels != -100).sum()
-            totals += torch.stack([loss.double() * count, count.double()])
+            totals += torch.stack([loss.double() * count, shuffled_loss.double() * count, count.double()])
         self.model.train()
-        loss_sum, count = self.parallel.all_reduce_sum(totals).tolist()
+        loss_sum, shuffled_sum, count = self.parallel.all_reduce_sum(totals).tolist()
         loss = loss_sum / count
+        context_gain = shuffled_sum / count - loss
         self.last_valid = (self.step, loss)
         if math.isfinite(loss):
             self.best_valid_loss = loss if self.best_valid_loss is None else min(self.best_valid_loss, loss)
-        self.metrics.write("valid", step=self.step, loss=loss, ppl=math.exp(min(loss, 700.0)), batches=batches)
+        self.metrics.write(
+            "valid", step=self.step, loss=loss, ppl=math.exp(min(loss, 700.0)), context_gain=context_gain, batches=batches
+        )
 
     # ------------------------------------------------------------------ the run
 
@@ -482,6 +511,7 @@ class Trainer:
             world_size=self.parallel.world_size,
             strategy=self.parallel.strategy,
             device=str(self.parallel.device),
+            threads=self.process_settings.describe(),
             warnings=self.warnings,
         )
         if self.progress:
@@ -490,7 +520,8 @@ class Trainer:
                 f"kilolayer pretrain: {self.model_config.summary()}, {parameters / 1e6:.1f}M parameters\n"
                 f"  data: {self.data.description}\n"
                 f"  {tokens_per_step:,} tokens/step on {self.parallel.world_size} × {self.parallel.device.type}"
-                f" ({self.parallel.strategy}), out: {self.out_dir}{resumed}",
+                f" ({self.parallel.strategy}), out: {self.out_dir}{resumed}\n"
+                f"  threads: {self.process_settings.describe()}",
                 file=sys.stderr,
             )
 
@@ -625,4 +656,5 @@ class Trainer:
         for signum, handler in self.previous_handlers.items():
             signal.signal(signum, handler)
         self.metrics.close()
+        self.process_settings.restore()
         self.parallel.teardown()

@@ -110,10 +110,8 @@ class MetricsLog:
 
 def plot_loss_curve(metrics_path: Path, png_path: Path, title: str) -> Path:
     """Train loss (per logged window) and valid loss against the step; rollbacks as vertical lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     records = read_metrics(metrics_path)
 
@@ -121,7 +119,9 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, title: str) -> Path:
         points = [(r["step"], r["loss"]) for r in records if r.get("kind") == kind and isinstance(r.get("loss"), (int, float))]
         return [p[0] for p in points], [p[1] for p in points]
 
-    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=120)
+    figure = Figure(figsize=(8, 4.5), dpi=120)  # no pyplot: the process's matplotlib backend stays the caller's
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
     train_steps, train_losses = series("train")
     valid_steps, valid_losses = series("valid")
     axes.plot(train_steps, train_losses, label="train", linewidth=1.2)
@@ -137,5 +137,4 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, title: str) -> Path:
     axes.legend()
     figure.tight_layout()
     figure.savefig(png_path)
-    plt.close(figure)
     return png_path
