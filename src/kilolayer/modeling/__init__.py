@@ -9,12 +9,14 @@ from .modeling import (
     KiloModel,
     KiloPreTrainedModel,
 )
+from .encdec import KiloForConditionalGeneration
 from .schemes import SCHEMES
 
 __all__ = [
     "SCHEMES",
     "KiloConfig",
     "KiloForCausalLM",
+    "KiloForConditionalGeneration",
     "KiloForMaskedLM",
     "KiloForSequenceClassification",
     "KiloModel",

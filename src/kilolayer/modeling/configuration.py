@@ -7,11 +7,13 @@ later keeps exactly the constants it was trained with.
 
 from __future__ import annotations
 
+import copy
+
 from transformers import PretrainedConfig
 
 from .schemes import DYT_ALPHA_INIT, SCHEMES, scheme_class
 
-ARCHS = ("gpt", "bert")
+ARCHS = ("gpt", "bert", "encdec")
 NORMS = ("layernorm", "rmsnorm", "dyt")
 # The schemes' stored constants, each with the range it must lie in (a scheme's default_constants names its own).
 SCHEME_CONSTANTS = {
@@ -21,17 +23,24 @@ SCHEME_CONSTANTS = {
     "branch_exponent": (lambda value: value >= 0, ">= 0"),
 }
 POSITIONS = ("learned", "rotary")
+ENCDEC_FIELDS = ("num_encoder_layers", "num_decoder_layers", "decoder_constants", "decoder_start_token_id")
 
 
 class KiloConfig(PretrainedConfig):
     """Configuration of a kilolayer model.
 
-    arch: "gpt" (causal) or "bert" (bidirectional). A layer is an attention sublayer plus an FFN
-    sublayer; ``num_layers`` is N in the scheme equations. ``alpha`` is the residual scale α of
+    arch: "gpt" (causal), "bert" (bidirectional) or "encdec" (encoder-decoder, ``encdec.py``). A layer
+    is an attention sublayer plus an FFN sublayer; ``num_layers`` is N in the scheme equations. ``alpha`` is the residual scale α of
     the schemes ``x ← LN(α·x + G(x))``; ``beta`` is the init gain of the scaled projections
     (DeepNorm's β, Sub-LN's γ, T-Fixup's 0.67·N^{-1/4}); ``post_ln_fraction`` is Mix-LN's share of
     Post-LN layers; ``branch_exponent`` is a in ``x + N^{-a}·G(LN(x))``. Each stays None for schemes
     that do not use it. ``dyt_alpha`` is the initial α of ``norm: dyt`` (γ·tanh(α·x) + β).
+
+    Encoder-decoder: ``num_encoder_layers`` (N) + ``num_decoder_layers`` (M) = ``num_layers``, the
+    total depth (either count may be left out: N = ⌈L/2⌉ by default, the other is the rest; both
+    given set ``num_layers``). The scheme constants above are the encoder's; ``decoder_constants``
+    holds the decoder's by name. Both are derived from (N, M) jointly when not given (DeepNorm's and
+    Upscale LN's encoder-decoder α, β; Magneto's γ) and stored like the others.
     """
 
     model_type = "kilolayer"
@@ -64,6 +73,10 @@ class KiloConfig(PretrainedConfig):
     post_ln_fraction: float | None = None
     branch_exponent: float | None = None
     dyt_alpha: float | None = None
+    num_encoder_layers: int | None = None
+    num_decoder_layers: int | None = None
+    decoder_constants: dict | None = None
+    decoder_start_token_id: int | None = None
     initializer_range: float = 0.02
     use_bias: bool = True
     tie_word_embeddings: bool = True
@@ -101,7 +114,18 @@ class KiloConfig(PretrainedConfig):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         scheme = scheme_class(self.scheme)  # raises with the list of known schemes
-        defaults = scheme.default_constants(self.num_layers)
+        self.is_encoder_decoder = self.arch == "encdec"
+        if self.is_encoder_decoder:
+            self._split_layers()
+            defaults, decoder_defaults = scheme.default_encdec_constants(self.num_encoder_layers, self.num_decoder_layers)
+            self.decoder_constants = self._checked_decoder_constants(decoder_defaults)
+            if self.decoder_start_token_id is None:
+                self.decoder_start_token_id = self.pad_token_id  # T5's convention
+        else:
+            encdec_only = [name for name in ENCDEC_FIELDS if getattr(self, name) is not None]
+            if encdec_only:
+                raise ValueError(f"{', '.join(encdec_only)} only apply to arch encdec; remove them or set arch: encdec")
+            defaults = scheme.default_constants(self.num_layers)
         for name, (in_range, range_text) in SCHEME_CONSTANTS.items():
             value = getattr(self, name)
             if value is None:
@@ -123,7 +147,58 @@ class KiloConfig(PretrainedConfig):
         if self.type_vocab_size is None:
             self.type_vocab_size = 2 if self.arch == "bert" else 0
         if self.embedding_norm is None:
-            self.embedding_norm = self.arch == "bert"
+            self.embedding_norm = self.arch != "gpt"  # BERT's and BART's embedding LayerNorm
+
+    def _split_layers(self) -> None:
+        """N + M = num_layers: both given set num_layers; one given leaves the rest to the other; none: N = ⌈L/2⌉."""
+        for name in ("num_encoder_layers", "num_decoder_layers"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        encoder, decoder = self.num_encoder_layers, self.num_decoder_layers
+        if encoder is not None and decoder is not None:
+            self.num_layers = encoder + decoder
+            return
+        if encoder is None and decoder is None:
+            encoder = (self.num_layers + 1) // 2
+        encoder = encoder if encoder is not None else self.num_layers - decoder
+        decoder = decoder if decoder is not None else self.num_layers - encoder
+        if encoder < 1 or decoder < 1:
+            raise ValueError(
+                f"an encoder-decoder of num_layers={self.num_layers} leaves no layer to one stack "
+                f"(num_encoder_layers={encoder}, num_decoder_layers={decoder}); give both counts"
+            )
+        self.num_encoder_layers, self.num_decoder_layers = encoder, decoder
+
+    def _checked_decoder_constants(self, defaults: dict[str, float]) -> dict[str, float]:
+        """The decoder's constants: the given ones (checked by name and range), the rest derived."""
+        given = dict(self.decoder_constants or {})
+        for name, value in given.items():
+            if name not in defaults:
+                raise ValueError(
+                    f"scheme {self.scheme!r} takes no {name} in decoder_constants "
+                    f"(it takes: {', '.join(defaults) or 'none'}); remove it"
+                )
+            in_range, range_text = SCHEME_CONSTANTS[name]
+            if not in_range(value):
+                raise ValueError(f"decoder_constants {name} must be {range_text}, got {value!r}")
+        return {**defaults, **given}
+
+    def stack_config(self, stack: str) -> "KiloConfig":
+        """The view of an encoder-decoder config one stack is built from: its depth as ``num_layers``, its
+        constants, and arch "bert" (the bidirectional encoder) or "gpt" (the causal decoder), so that blocks,
+        schemes and init rules read it like the config of any other stack."""
+        view = copy.copy(self)
+        view.is_encoder_decoder = False
+        if stack == "encoder":
+            view.arch, view.num_layers = "bert", self.num_encoder_layers
+        elif stack == "decoder":
+            view.arch, view.num_layers = "gpt", self.num_decoder_layers
+            for name, value in self.decoder_constants.items():
+                setattr(view, name, value)
+        else:
+            raise ValueError(f"stack must be encoder or decoder, got {stack!r}")
+        return view
 
     def scheme_constants(self) -> dict[str, float]:
         """The constants this model's scheme uses (α, β, ...), by name."""
@@ -141,8 +216,13 @@ class KiloConfig(PretrainedConfig):
         """One line for logs and model cards."""
         constants = ", ".join(f"{name}={value:.4g}" for name, value in self.scheme_constants().items())
         return (
-            f"{self.arch} {self.num_layers}x{self.hidden_size} heads={self.num_heads} ffn={self.ffn_size} "
+            f"{self.arch} {depth}x{self.hidden_size} heads={self.num_heads} ffn={self.ffn_size} "
             f"vocab={self.vocab_size} scheme={self.scheme}" + (f" ({constants})" if constants else "")
+        depth = str(self.num_layers)
+        if self.is_encoder_decoder:
+            depth = f"{self.num_encoder_layers}+{self.num_decoder_layers}"
+            decoder = ", ".join(f"{name}={value:.4g}" for name, value in self.decoder_constants.items())
+            constants = f"encoder {constants}; decoder {decoder}" if constants else ""
         )
 
 

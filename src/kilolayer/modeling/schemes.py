@@ -68,6 +68,15 @@ class Scheme(nn.Module):
         return {}
 
     @classmethod
+    def default_encdec_constants(cls, num_encoder_layers: int, num_decoder_layers: int) -> tuple[dict, dict]:
+        """(encoder, decoder) constants of an encoder-decoder with N encoder and M decoder layers.
+
+        By default each stack takes the constants of its own depth; schemes whose papers derive
+        encoder-decoder constants from (N, M) jointly override this.
+        """
+        return cls.default_constants(num_encoder_layers), cls.default_constants(num_decoder_layers)
+
+    @classmethod
     def init_projection(cls, weight: torch.Tensor, role: str, config) -> None:
         """Default rule: N(0, σ²) with σ = ``config.initializer_range``."""
         init.normal_(weight, mean=0.0, std=config.initializer_range)
@@ -115,6 +124,19 @@ class DeepNorm(ScaledPostLN):
         return {"alpha": (2 * num_layers) ** 0.25, "beta": (8 * num_layers) ** -0.25}
 
     @classmethod
+    def default_encdec_constants(cls, num_encoder_layers, num_decoder_layers):
+        """DeepNet's encoder-decoder constants (the paper's Figure 2; a decoder layer has three sublayers):
+        encoder α = 0.81·(N⁴M)^{1/16}, β = 0.87·(N⁴M)^{-1/16}; decoder α = (3M)^{1/4}, β = (12M)^{-1/4}.
+        torchscale uses the same α and β, but multiplies its default init by β instead of xavier_normal with gain β.
+        """
+        n, m = num_encoder_layers, num_decoder_layers
+        joint = (n**4 * m) ** (1 / 16)
+        return (
+            {"alpha": 0.81 * joint, "beta": 0.87 / joint},
+            {"alpha": (3 * m) ** 0.25, "beta": (12 * m) ** -0.25},
+        )
+
+    @classmethod
     def init_projection(cls, weight, role, config):
         init.xavier_normal_(weight, gain=1.0 if role in QUERY_KEY_ROLES else config.beta)
 
@@ -128,11 +150,19 @@ class UpscaleLN(ScaledPostLN):
     def default_constants(num_layers):
         return {"alpha": (2 * num_layers) ** 0.25}
 
+    @classmethod
+    def default_encdec_constants(cls, num_encoder_layers, num_decoder_layers):
+        """DeepNet's encoder-decoder α without its β (Upscale LN's encoder-only α is DeepNet's encoder-only α):
+        encoder α = 0.81·(N⁴M)^{1/16}, decoder α = (3M)^{1/4}."""
+        encoder, decoder = DeepNorm.default_encdec_constants(num_encoder_layers, num_decoder_layers)
+        return {"alpha": encoder["alpha"]}, {"alpha": decoder["alpha"]}
+
 
 class FoundationLN(ScaledPostLN):
     """FoundationLayerNorm (Shen 2022, for GPT): x ← LN(α·x + G(x)), α = 0.974 by default. Normal init.
 
-    This is the paper's equation. The author's public code computes α·x + LN(x) instead.
+    This is the paper's equation. The author's public code computes α·x + LN(x) instead. α does not
+    depend on the depth, so an encoder-decoder's two stacks both take 0.974 unless configured.
     """
 
     name = "foundation_ln"
@@ -184,6 +214,12 @@ class SubLN(Scheme):
     @staticmethod
     def default_constants(num_layers):
         return {"beta": math.sqrt(math.log(2 * num_layers))}
+
+    @classmethod
+    def default_encdec_constants(cls, num_encoder_layers, num_decoder_layers):
+        """Magneto's encoder-decoder gains: encoder γ = √(log(3M)·log(2N)/3), decoder γ = √(log 3M)."""
+        n, m = num_encoder_layers, num_decoder_layers
+        return {"beta": math.sqrt(math.log(3 * m) * math.log(2 * n) / 3)}, {"beta": math.sqrt(math.log(3 * m))}
 
     def forward(self, x, sublayer):
         return x + sublayer(self.norm(x))
