@@ -13,7 +13,8 @@ from kilolayer.study.metrics import LOSS_ABOVE_START, NONFINITE, find_divergence
 from kilolayer.study.report import depth_reading, stability_reading
 from kilolayer.study.runner import Cell, first_difference, run_cells
 from kilolayer.study.shared import base_config
-from kilolayer.study.stability import StabilityGrid, stability_cells
+from kilolayer.study.stability import StabilityGrid, assign_verdicts, stability_cells
+from kilolayer.study.verdicts import COLLAPSED, DIVERGED, LEARNING, UNDERUSED, classify
 
 
 def falling(steps=20, start=8.0):
@@ -42,15 +43,32 @@ def test_a_spike_that_recovers_is_not_a_divergence():
 
 def test_the_grid_is_the_product_of_its_axes_with_the_base_values_as_defaults():
     base = base_config("gpt-tiny", None, None, [])
-    grid = StabilityGrid(schemes=("post_ln", "pre_ln"), depths=(2, 4), lrs=(1e-3, 1e-2), warmups=(None, 0), clips=(1.0, None))
+    grid = StabilityGrid(schemes=("post_ln", "pre_ln"), depths=(2, 4), lrs=(1e-3, 1e-2), warmups=(None, 0), clips=(1.0, None), control=None)
     cells = stability_cells(base, grid)
     assert len(cells) == 2 * 2 * 2 * 2 * 2
     assert len({cell.id for cell in cells}) == len(cells)
     assert {cell.axes["warmup"] for cell in cells} == {base["train"]["warmup_steps"], 0}
-    cell = next(c for c in cells if c.axes == {"scheme": "pre_ln", "depth": 4, "lr": 1e-2, "warmup": 0, "clip": None})
+    seed = base["train"]["seed"]
+    cell = next(c for c in cells if c.axes == {"scheme": "pre_ln", "depth": 4, "lr": 1e-2, "warmup": 0, "clip": None, "seed": seed, "is_control": False})
     assert cell.config["model"]["scheme"] == "pre_ln" and cell.config["model"]["num_layers"] == 4
     assert cell.config["train"]["lr"] == 1e-2 and cell.config["train"]["grad_clip"] is None
     assert cell.config["train"]["on_nonfinite"] == "stop" and cell.config["train"]["max_minutes"] is None
+
+
+def test_each_combination_gets_a_shallow_control_and_each_seed_its_own_cells():
+    base = base_config("gpt-tiny", None, None, [])
+    seed = base["train"]["seed"]
+    grid = StabilityGrid(schemes=("post_ln", "pre_ln"), depths=(4,), lrs=(1e-3, 1e-2), seeds=(None, seed + 1), control=("pre_ln", 2))
+    cells = stability_cells(base, grid)
+    assert len(cells) == 2 * 2 * (2 + 1)
+    controls = [cell for cell in cells if cell.axes["is_control"]]
+    assert {(c.axes["scheme"], c.axes["depth"], c.axes["lr"], c.axes["seed"]) for c in controls} == {
+        ("pre_ln", 2, lr, s) for lr in (1e-3, 1e-2) for s in (seed, seed + 1)
+    }
+    assert {cell.config["train"]["seed"] for cell in cells} == {seed, seed + 1}
+    assert not any("seed" in cell.id for cell in cells if cell.axes["seed"] == seed)  # older studies keep their cell ids
+    in_grid = stability_cells(base, StabilityGrid(schemes=("pre_ln",), depths=(2, 4), lrs=(1e-3,), control=("pre_ln", 2)))
+    assert [(c.axes["depth"], c.axes["is_control"]) for c in in_grid] == [(2, True), (4, False)]  # the grid's own cell serves
 
 
 def test_set_overrides_the_study_defaults():
@@ -59,26 +77,59 @@ def test_set_overrides_the_study_defaults():
     assert base["train"]["data"] == str(Path("corpus.txt").resolve())  # the same corpus from wherever the study is re-run
 
 
-def row(scheme, depth, loss, diverged=None, at=None, lr=1e-3):
+def row(scheme, depth, loss, diverged=None, at=None, lr=1e-3, gain=0.5, live=1.0, control=False, collapse=None):
     return {
-        "scheme": scheme, "depth": depth, "lr": lr, "warmup": 0, "clip": None, "final_valid_loss": loss,
-        "diverged": diverged is not None, "divergence": diverged, "diverged_at": at,
+        "scheme": scheme, "depth": depth, "lr": lr, "warmup": 0, "clip": None, "seed": 0, "final_valid_loss": loss,
+        "diverged": diverged is not None, "divergence": diverged, "diverged_at": at, "context_gain": gain,
+        "live_fraction": live, "is_control": control, "collapse_step": collapse,
         "hidden_size": 64, "budget_deviation_pct": 0.01, "best_valid_loss": loss,
     }  # fmt: skip
 
 
-def test_the_stability_reading_names_divergences_and_ranks_the_deepest_cells():
-    rows = [
-        row("post_ln", 4, 5.0), row("post_ln", 1000, math.nan, NONFINITE, 12),
-        row("foundation_ln", 4, 5.1), row("foundation_ln", 1000, 5.9),
-        row("deepnorm", 4, 5.2), row("deepnorm", 1000, 5.8),
-    ]  # fmt: skip
-    text = "\n".join(stability_reading(rows, steps=100, tokens_per_cell=51200))
-    assert "5 of 6 cells trained" in text and "1 with a non-finite loss" in text
-    assert "`post_ln` diverged in 1 of 2 cells: 1000 layers" in text and "step 12" in text
-    assert "Never diverged in this grid: `foundation_ln`, `deepnorm`" in text
-    assert "`deepnorm` 5.800, `foundation_ln` 5.900 (spread 0.100 nats); diverged or no loss: `post_ln`" in text
-    assert "one seed" in text
+BASELINES = {"unigram": 5.36, "bigram": 3.85, "valid_targets": 3968, "train_tokens": 10**6}
+
+
+def test_the_verdicts_on_synthetic_cells():
+    assert classify(row("a", 1000, 4.5), 5.36)[0] == LEARNING
+    assert classify(row("a", 1000, 5.30), 5.36)[0] == COLLAPSED  # below unigram, but by less than the margin
+    assert classify(row("a", 1000, 4.5, gain=0.0), 5.36)[0] == COLLAPSED  # low loss, yet input-independent
+    assert classify(row("a", 1000, 4.5, live=0.4), 5.36)[0] == UNDERUSED
+    assert classify(row("a", 1000, math.nan, NONFINITE, 12), 5.36) == (DIVERGED, "diverged (nonfinite) at step 12")
+    assert classify(row("a", 1000, 5.6, LOSS_ABOVE_START, 40), 5.36)[0] == DIVERGED
+
+
+def test_verdicts_from_training_curves():
+    """Curves as the study sees them: the divergence rule on the loss, then the verdict against the baselines."""
+    def verdict(curve, loss, gain):
+        kind, at = find_divergence(curve, None)
+        return classify({**row("a", 1000, loss, kind, at, gain=gain)}, 5.36)[0]
+
+    plateau = [[step, 5.4 + 0.01 * math.sin(step)] for step in range(1, 100)]  # collapsed to the unigram level
+    learning = [[step, 6.2 - 0.02 * step] for step in range(1, 100)]
+    rising = [[step, 6.2 + 0.02 * step] for step in range(1, 100)]
+    assert verdict(plateau, 5.38, 0.0) == COLLAPSED
+    assert verdict(learning, 4.3, 0.8) == LEARNING
+    assert verdict(rising, 8.0, 0.0) == DIVERGED
+    assert verdict(falling() + [[21, math.inf]], math.nan, None) == DIVERGED
+
+
+def test_assigned_verdicts_compare_each_cell_with_its_shallow_control():
+    rows = [row("pre_ln", 12, 4.6, control=True), row("pre_ln", 1000, 4.5), row("post_ln", 1000, 5.35, gain=0.0, collapse=20)]
+    assign_verdicts(rows, 5.36)
+    assert [r["verdict"] for r in rows] == [LEARNING, LEARNING, COLLAPSED]
+    assert [r["beats_shallow"] for r in rows] == [None, True, None]
+    text = "\n".join(stability_reading(rows, BASELINES, steps=100, tokens_per_cell=51200))
+    assert "unigram 5.360 nats, bigram 3.850 nats" in text and "large enough for a model to leave the unigram plateau" in text
+    assert "**learning** (1 of 2 cells)" in text and "**collapsed** (1 of 2 cells): `post_ln` 1000 layers" in text
+    assert "Beat the shallow control: `pre_ln` 1000 layers (4.500 vs 4.600)" in text
+    assert "`post_ln` 1000 layers, lr 0.001, warmup 0, clip off: step 20" in text
+
+
+def test_a_control_that_stays_at_unigram_says_the_budget_is_too_small():
+    rows = [row("pre_ln", 12, 5.33, control=True), row("post_ln", 1000, 5.34)]
+    assign_verdicts(rows, 5.36)
+    text = "\n".join(stability_reading(rows, BASELINES, steps=10, tokens_per_cell=5120))
+    assert "budget is too small to compare anything" in text
 
 
 def test_the_depth_reading_says_when_the_grid_does_not_bracket_an_optimum():
@@ -99,14 +150,6 @@ def test_a_cell_folder_from_another_configuration_is_refused(tmp_path):
     (tmp_path / "cells" / "c" / "cell.json").write_text(json.dumps({"id": "c", "axes": {}, "config": {"model": {}, "train": {"max_steps": 9}}}))
     with pytest.raises(KiloError, match=r"train.max_steps: 9 → 5"):
         run_cells(tmp_path, [cell], jobs=1, threads_per_cell=1, progress=False)
-
-
-def test_the_reading_reports_a_first_layer_gradient_that_underflowed_to_zero():
-    silent = {**row("post_ln", 1000, 7.6), "grad_norm_first_end": 0.0, "curves": {"grad_norm_first": [[10, 1e-30], [20, 0.0]]}}
-    alive = {**row("pre_ln", 1000, 7.2), "grad_norm_first_end": 0.3, "curves": {"grad_norm_first": [[10, 0.2], [20, 0.3]]}}
-    text = "\n".join(stability_reading([silent, alive], steps=20, tokens_per_cell=100))
-    assert "exactly 0" in text and "`post_ln` at 1000 layers" in text and "(0 at 1 of 2 diagnostics steps)" in text
-    assert "`pre_ln` at 1000 layers" not in text.split("exactly 0")[1].split("\n")[0]
 
 
 def test_input_errors_are_one_line_exit_2(capsys):

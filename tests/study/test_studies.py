@@ -56,31 +56,39 @@ def assert_png(path: Path) -> None:
 
 def test_a_2x2x1_grid_writes_csv_png_and_markdown(tmp_path, data_args):
     out = tmp_path / "grid"
-    status = main(["study", "stability", *FEW_STEPS, *data_args, "--schemes", "post_ln,foundation_ln", "--depths", "2,4", "--lrs", "1e-3", "--jobs", "2", "--out", str(out)])
+    status = main(["study", "stability", *FEW_STEPS, *data_args, "--schemes", "post_ln,foundation_ln", "--depths", "2,4", "--lrs", "1e-3", "--jobs", "2", "--control", "pre_ln:2", "--out", str(out)])
     assert status == 0
     rows = read_rows(out / "results.csv")
-    assert sorted((row["scheme"], row["depth"]) for row in rows) == [("foundation_ln", "2"), ("foundation_ln", "4"), ("post_ln", "2"), ("post_ln", "4")]
+    assert sorted((row["scheme"], row["depth"]) for row in rows) == [
+        ("foundation_ln", "2"), ("foundation_ln", "4"), ("post_ln", "2"), ("post_ln", "4"), ("pre_ln", "2")
+    ]  # fmt: skip
+    assert [row["is_control"] for row in rows].count("True") == 1
+    study = json.loads((out / "study.json").read_text())
+    assert 0 < study["baselines"]["bigram"] < study["baselines"]["unigram"]
     for row in rows:
         assert row["lr"] == "0.001" and row["steps"] == "4"
         assert math.isfinite(float(row["final_valid_loss"])) and float(row["final_valid_loss"]) < 2 * float(row["start_loss"])
         assert float(row["grad_norm_first_end"]) > 0 and float(row["update_norm_last_end"]) > 0
+        assert row["verdict"] in ("learning", "underused", "collapsed", "diverged") and row["context_gain"] != ""
+        assert 0 <= float(row["live_fraction"]) <= 1
     curves = read_rows(out / "curves.csv")
     assert {row["curve"] for row in curves} >= {"train_loss", "valid_loss", "grad_norm_first", "grad_norm_last", "update_norm_first", "update_norm_last"}
     for name in ("stability_map.png", "loss_1.png", "grad_norm_1.png", "update_norm_1.png"):
         assert_png(out / name)
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "## Reading" in report and "![stability map](stability_map.png)" in report
-    assert sum(line.startswith(("| post_ln |", "| foundation_ln |")) for line in report.splitlines()) == 4
+    assert sum(line.startswith(("| post_ln |", "| foundation_ln |", "| pre_ln |")) for line in report.splitlines()) == 5
+    assert "Shallow control `pre_ln` at 2 layers" in report
 
 
 def test_an_absurd_learning_rate_is_marked_divergent_not_crashed(tmp_path, data_args):
     out = tmp_path / "divergent"
-    status = main(["study", "stability", *FEW_STEPS, *data_args, "--schemes", "post_ln", "--depths", "2", "--lrs", "1e3", "--out", str(out)])
+    status = main(["study", "stability", *FEW_STEPS, *data_args, "--schemes", "post_ln", "--depths", "2", "--lrs", "1e3", "--control", "off", "--out", str(out)])
     assert status == 0
     (row,) = read_rows(out / "results.csv")
-    assert row["diverged"] == "True" and row["status"] == "diverged"
+    assert row["diverged"] == "True" and row["status"] == "diverged" and row["verdict"] == "diverged"
     assert row["divergence"] in ("nonfinite", "loss_above_start") and int(row["diverged_at"]) >= 1
-    assert "**yes**" in (out / "report.md").read_text(encoding="utf-8")
+    assert "**diverged**" in (out / "report.md").read_text(encoding="utf-8")
     assert_png(out / "stability_map.png")
 
 
@@ -100,7 +108,7 @@ def worker_processes(study_dir: Path) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; workers die with the study through a Linux prctl")
 def test_a_killed_study_resumes_without_rerunning_finished_cells(tmp_path, data_args):
     out = tmp_path / "killed"
-    arguments = ["study", "stability", *FEW_STEPS, *data_args, "--schemes", "post_ln,pre_ln", "--depths", "2,4", "--lrs", "1e-3", "--jobs", "1", "--out", str(out)]
+    arguments = ["study", "stability", *FEW_STEPS, *data_args, "--schemes", "post_ln,pre_ln", "--depths", "2,4", "--lrs", "1e-3", "--jobs", "1", "--control", "pre_ln:2", "--out", str(out)]
     study = subprocess.Popen([sys.executable, "-m", "kilolayer", *arguments], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
     while not list(out.glob("cells/*/result.json")):

@@ -6,7 +6,7 @@ import pytest
 from trainkit import events, step_losses, tiny_config
 
 from kilolayer.train.config import TrainConfig
-from kilolayer.train.guard import LayerDiagnostics, StabilityGuard
+from kilolayer.train.guard import StabilityGuard
 from kilolayer.train.loop import train
 from kilolayer.train.metrics import read_metrics
 from kilolayer.train.schedule import learning_rate
@@ -69,9 +69,3 @@ def test_per_layer_diagnostics_are_logged(corpus, tmp_path):
             summary = record[name]
             assert summary["min"] <= summary["median"] <= summary["max"]
             assert 0 <= summary["argmax"] < 4 and summary["min"] > 0
-
-
-def test_summaries_over_the_depth():
-    assert LayerDiagnostics.summarize([3.0, 1.0, 2.0, 5.0]) == {
-        "first": 3.0, "last": 5.0, "min": 1.0, "median": 2.5, "max": 5.0, "argmin": 1, "argmax": 3,
-    }  # fmt: skip

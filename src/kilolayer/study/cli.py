@@ -26,6 +26,12 @@ def register(subparsers) -> None:
     stability.add_argument("--lrs", default="1e-3,3e-3,1e-2", help="comma-separated peak learning rates (default: 1e-3,3e-3,1e-2)")
     stability.add_argument("--warmups", help="comma-separated warmup step counts (default: the preset's train.warmup_steps)")
     stability.add_argument("--clips", help="comma-separated gradient-clipping norms, 'off' for none (default: the preset's train.grad_clip)")
+    stability.add_argument("--seeds", help="comma-separated seeds; each combination runs once per seed (default: the preset's train.seed)")
+    stability.add_argument(
+        "--control", default="pre_ln:12",
+        help="the shallow control SCHEME:DEPTH trained beside every LR/warmup/clip/seed combination, against which cells "
+        "are judged; 'off' for none (default: pre_ln:12)",
+    )  # fmt: skip
     stability.set_defaults(func=stability_command)
 
     depth = commands.add_parser(
@@ -100,6 +106,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _control(text: str, schemes) -> tuple[str, int] | None:
+    """--control SCHEME:DEPTH (or off) as (scheme, depth)."""
+    from ..errors import KiloError
+
+    if text.lower() in ("off", "none"):
+        return None
+    scheme, _, depth = text.partition(":")
+    if scheme not in schemes or not depth.isdigit() or int(depth) < 1:
+        raise KiloError(f"--control {text!r}: expected SCHEME:DEPTH with a known scheme, e.g. pre_ln:12, or off")
+    return scheme, int(depth)
+
+
 def stability_command(args: argparse.Namespace) -> int:
     from ..errors import KiloError
     from ..modeling import SCHEMES
@@ -116,6 +134,8 @@ def stability_command(args: argparse.Namespace) -> int:
         lrs=_split(args.lrs, float, "lrs"),
         warmups=_split(args.warmups, int, "warmups") if args.warmups else (None,),
         clips=_split(args.clips, _clip, "clips") if args.clips else None,
+        seeds=_split(args.seeds, int, "seeds") if args.seeds else (None,),
+        control=_control(args.control, SCHEMES),
     )
     outcome = run_stability(base, grid, out, jobs, args.threads_per_cell, progress=not args.no_progress)
     return _summary(outcome, out)
@@ -161,7 +181,7 @@ def _summary(outcome, out) -> int:
     """One line per outcome; exit status 1 when cells failed (re-running the command retries them)."""
     diverged = sum(record["diverged"] for record in outcome.records)
     print(
-        f"{len(outcome.records)} cells finished ({len(outcome.records) - diverged} trained, {diverged} diverged)"
+        f"{len(outcome.records)} cells finished ({diverged} diverged; the verdicts against the baselines are in the report)"
         + (f" → {out / 'report.md'}" if outcome.records else "")
     )
     for cell, message in outcome.failures.items():

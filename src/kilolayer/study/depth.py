@@ -73,10 +73,10 @@ def run_depth(
     progress: bool = True,
 ) -> Outcome:
     """Run (or resume) one training run per depth, then write results.csv, depth_curve.png and report.md."""
-    base, data = prepare_study(base)
+    base, data, baselines = prepare_study(base)
     budget = budget or count_parameters(base["model"])
     cells = depth_cells(base, sorted(set(depths)), budget, flops, zero_shot)
-    outcome = run_study(out_dir, base, data, cells, jobs, threads_per_cell, progress)
+    outcome = run_study(out_dir, base, data, baselines, cells, jobs, threads_per_cell, progress)
     if outcome.records:
         write_depth_outputs(out_dir, base, budget, flops, outcome)
     return outcome

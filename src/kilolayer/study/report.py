@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .metrics import NONFINITE
+from .verdicts import MIN_CONTEXT_GAIN, MIN_GAIN_OVER_UNIGRAM, control_learned
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
@@ -74,65 +75,56 @@ def combination_label(row: dict) -> str:
     return f"lr {format_lr(row['lr'])}, warmup {row['warmup']}, clip {format_clip(row['clip'])}"
 
 
-def stability_reading(rows: list[dict], steps: int, tokens_per_cell: int) -> list[str]:
-    """Bullet points read off the stability table: divergences per scheme, ranking at the deepest depth, caveats."""
-    bullets = []
-    diverged = [row for row in rows if row["diverged"]]
-    nonfinite = sum(row["divergence"] == NONFINITE for row in diverged)
-    bullets.append(
-        f"{len(rows) - len(diverged)} of {len(rows)} cells trained to the end without diverging; "
-        f"{len(diverged)} diverged ({nonfinite} with a non-finite loss, {len(diverged) - nonfinite} ending above their starting loss)."
-    )
-    schemes = list(dict.fromkeys(row["scheme"] for row in rows))
-    stable = []
-    for scheme in schemes:
-        cells = [row for row in rows if row["scheme"] == scheme]
-        failed = [row for row in cells if row["diverged"]]
-        if not failed:
-            stable.append(f"`{scheme}`")
-            continue
-        where = "; ".join(
-            f"{layers(row['depth'])} at {combination_label(row)} ({divergence_detail(row)})"
-            for row in failed
-        )
-        bullets.append(f"`{scheme}` diverged in {len(failed)} of {len(cells)} cells: {where}.")
-    if stable:
-        bullets.append(f"Never diverged in this grid: {', '.join(stable)}.")
-
-    silent = [row for row in rows if row.get("grad_norm_first_end") == 0.0]
-    if silent:
-        where = "; ".join(
-            f"`{row['scheme']}` at {layers(row['depth'])}, {combination_label(row)} "
-            f"(0 at {sum(value == 0.0 for _, value in row['curves']['grad_norm_first'])} of {len(row['curves']['grad_norm_first'])} diagnostics steps)"
-            for row in silent
-        )
-        bullets.append(
-            "The first layer's gradient norm at the last diagnostics step was exactly 0 — the gradient underflowed "
-            "float32 on its way down the stack, so whatever update that layer still got came from Adam's running "
-            f"moments, not from the current batch — in {len(silent)} cell{'s' if len(silent) > 1 else ''}: {where}."
-        )
-
-    deepest = max(row["depth"] for row in rows)
-    by_combination = defaultdict(list)
+def stability_reading(rows: list[dict], baselines: dict, steps: int, tokens_per_cell: int) -> list[str]:
+    """Bullet points read off the table in the verdicts' words (``verdicts.py``), each with the numbers behind it."""
+    unigram, bigram = baselines["unigram"], baselines.get("bigram")
+    bullets = [
+        f"Baselines on the same {baselines['valid_targets']:,} validation targets: unigram {number(unigram)} nats"
+        + (f", bigram {number(bigram)} nats" if bigram is not None else "")
+        + f" (add-λ counts over {baselines['train_tokens']:,} training tokens). A cell must end at least "
+        f"{MIN_GAIN_OVER_UNIGRAM} nats below unigram, with a context gain of at least {MIN_CONTEXT_GAIN} nats, to count as learning."
+    ]
+    controls = [row for row in rows if row.get("is_control")]
+    for control in controls:
+        label = f"`{control['scheme']}` at {layers(control['depth'])}, {combination_label(control)}"
+        if control_learned(control["final_valid_loss"] if control["verdict"] != "diverged" else None, unigram):
+            bullets.append(
+                f"Shallow control {label}: {number(control['final_valid_loss'])} nats ({number(control['below_unigram'])} below unigram, "
+                f"context gain {number(control['context_gain'])}): the budget is large enough for a model to leave the unigram plateau."
+            )
+        else:
+            bullets.append(
+                f"Shallow control {label} did **not** get {MIN_GAIN_OVER_UNIGRAM} nats below unigram "
+                f"({number(control['final_valid_loss'])} nats, {control['verdict']}): this budget is too small to compare anything at these settings."
+            )
+    if not controls:
+        bullets.append("No shallow control ran: nothing says whether this budget lets any model learn.")
+    by_verdict = defaultdict(list)
     for row in rows:
-        if row["depth"] == deepest:
-            by_combination[combination_label(row)].append(row)
-    for label, cells in by_combination.items():
-        trained = sorted((row for row in cells if not row["diverged"] and _finite(row["final_valid_loss"])), key=lambda row: row["final_valid_loss"])
-        if not trained:
-            bullets.append(f"At {layers(deepest)}, {label}: no scheme trained.")
-            continue
-        ranking = ", ".join(f"`{row['scheme']}` {number(row['final_valid_loss'])}" for row in trained)
-        spread = trained[-1]["final_valid_loss"] - trained[0]["final_valid_loss"]
-        failed = [f"`{row['scheme']}`" for row in cells if row not in trained]
-        sentence = f"At {layers(deepest)}, {label}: final validation loss {ranking}"
-        sentence += f" (spread {number(spread)} nats)" if len(trained) > 1 else ""
-        sentence += f"; diverged or no loss: {', '.join(failed)}." if failed else "."
-        bullets.append(sentence)
+        if not row.get("is_control"):
+            by_verdict[row["verdict"]].append(row)
+    for verdict in ("learning", "underused", "collapsed", "diverged"):
+        cells = by_verdict.get(verdict)
+        if cells:
+            listed = "; ".join(f"`{row['scheme']}` {layers(row['depth'])}, {combination_label(row)}: {row['verdict_detail']}" for row in cells)
+            bullets.append(f"**{verdict}** ({len(cells)} of {len(rows) - len(controls)} cells): {listed}.")
+    beaten = [row for row in rows if row.get("beats_shallow")]
+    if beaten:
+        bullets.append(
+            "Beat the shallow control: " + ", ".join(
+                f"`{row['scheme']}` {layers(row['depth'])} ({number(row['final_valid_loss'])} vs {number(row['control_loss'])})" for row in beaten
+            ) + "."
+        )
+    collapsed = [row for row in rows if row.get("collapse_step") is not None]
+    if collapsed:
+        bullets.append(
+            "Collapse step (first diagnostics step at which the first block's gradient fell below 1e-10 of the last block's): "
+            + ", ".join(f"`{row['scheme']}` {layers(row['depth'])}, {combination_label(row)}: step {row['collapse_step']}" for row in collapsed)
+            + "."
+        )
     bullets.append(
-        f"Each cell is one seed and {steps} steps ({tokens_per_cell:,} training tokens): the table measures whether and how "
-        "fast a scheme starts to train, not its final quality, and the seed-to-seed noise was not measured, so small "
-        "differences between schemes that trained are not shown to be real."
+        f"Each cell is {steps} steps ({tokens_per_cell:,} training tokens). Differences between cells smaller than the "
+        "spread between seeds of the same cell (where the table has two seeds) are not shown to be real."
     )
     return bullets
 

@@ -56,6 +56,7 @@ class Outcome:
     records: list[dict]
     failures: dict[str, str]  # cell id → why it failed, and where its log is
     data: str = ""  # what the cells trained on (corpus, tokens, tokenizer)
+    baselines: dict | None = None  # unigram / bigram cross-entropies of the validation batches (``baselines.py``)
 
 
 def available_cpus() -> int:

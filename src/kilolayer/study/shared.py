@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from ..presets import apply_overrides, build_model_config, merge, resolve_config
+from .baselines import Baselines, study_baselines
 from .runner import Cell, Outcome, run_cells, write_json_atomic
 
 # What a study cell needs from the engine, beneath the user's --set: a divergence recorded, not rescued by the
@@ -44,30 +45,37 @@ def tokens_per_step(train: dict) -> int:
     return train["batch_size"] * train["grad_accum"] * train["seq_len"]
 
 
-def prepare_study(base: dict) -> tuple[dict, str]:
-    """Build (or find) the tokenizer and token shards every cell will use.
+def prepare_study(base: dict) -> tuple[dict, str, Baselines]:
+    """Build (or find) the tokenizer and token shards every cell will use, and the baselines on them.
 
     Returns the base config with ``model.vocab_size`` set to the tokenizer's size (so parameter
-    counts and width derivations are those of the models that will train) and a description of the data.
+    counts and width derivations are those of the models that will train), a description of the data,
+    and the unigram/bigram cross-entropies of the validation batches every cell is scored on.
     """
     from ..data import prepare_data
     from ..train.config import TrainConfig
     from ..train.loop import default_cache_dir
 
-    prepared = prepare_data(TrainConfig.from_dict(base["train"]), base["model"]["arch"], default_cache_dir())
-    return merge(base, {"model": {"vocab_size": len(prepared.tokenizer)}}), prepared.description
+    train_config = TrainConfig.from_dict(base["train"])
+    prepared = prepare_data(train_config, base["model"]["arch"], default_cache_dir())
+    baselines = study_baselines(prepared, train_config)
+    return merge(base, {"model": {"vocab_size": len(prepared.tokenizer)}}), prepared.description, baselines
 
 
-def run_study(study_dir: Path, base: dict, data: str, cells: list[Cell], jobs: int, threads_per_cell: int, progress: bool) -> Outcome:
-    """Check every cell's config, record the shared settings in study.json, run the cells that have no result."""
+def run_study(
+    study_dir: Path, base: dict, data: str, baselines: Baselines, cells: list[Cell], jobs: int, threads_per_cell: int, progress: bool
+) -> Outcome:
+    """Check every cell's config, record the shared settings and baselines in study.json, run the cells that have no result."""
     from ..train.config import TrainConfig
 
     for cell in cells:  # a typo in --set fails here, once, not in every worker
         build_model_config(cell.config["model"])
         TrainConfig.from_dict(cell.config["train"])
     study_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(study_dir / "study.json", {"base": base, "data": data, "cells": [cell.id for cell in cells]})
-    return dataclasses.replace(run_cells(study_dir, cells, jobs, threads_per_cell, progress), data=data)
+    record = {"base": base, "data": data, "baselines": baselines.to_dict(), "cells": [cell.id for cell in cells]}
+    write_json_atomic(study_dir / "study.json", record)
+    outcome = run_cells(study_dir, cells, jobs, threads_per_cell, progress)
+    return dataclasses.replace(outcome, data=data, baselines=baselines.to_dict())
 
 
 def flatten(record: dict) -> dict:

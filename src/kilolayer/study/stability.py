@@ -1,22 +1,25 @@
 """The stability map: which residual schemes train at which depth, learning rate, warmup and clipping.
 
 Every cell is the same short training run (same data, tokenizer, seed and therefore data order, same
-step budget) that differs only in its axes: scheme × depth × LR × warmup × gradient clipping. The
-default budget stops a run at the first non-finite loss (``train.on_nonfinite: stop``), so a
+step budget) that differs only in its axes: scheme × depth × LR × warmup × gradient clipping (× seed).
+The default budget stops a run at the first non-finite loss (``train.on_nonfinite: stop``), so a
 divergent cell is recorded as such instead of being rescued by the training guard.
+
+Each cell gets a verdict against baselines on the same validation batches (``verdicts.py``): the
+unigram and bigram cross-entropies, and a shallow control (by default 12-layer ``pre_ln``) trained
+with the same budget for every LR / warmup / clip / seed combination of the grid.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..presets import merge
 from .report import (
     combination_label,
-    divergence_text,
+    divergence_detail,
     format_clip,
     format_lr,
     markdown_table,
@@ -26,14 +29,16 @@ from .report import (
     write_csv,
 )
 from .metrics import START_MARGIN
+from .verdicts import DIVERGED, beats_shallow, classify
 from .runner import Cell, Outcome
 from .shared import flatten, prepare_study, run_study, tokens_per_step
 
-VARIED = {"model": ("scheme", "num_layers"), "train": ("lr", "warmup_steps", "grad_clip")}  # the grid's axes
+VARIED = {"model": ("scheme", "num_layers"), "train": ("lr", "warmup_steps", "grad_clip", "seed")}  # the grid's axes
 
 CSV_COLUMNS = [
-    "id", "scheme", "depth", "lr", "warmup", "clip", "status", "diverged", "divergence", "diverged_at", "steps",
-    "start_loss", "final_train_loss", "final_valid_loss", "best_valid_loss",
+    "id", "scheme", "depth", "lr", "warmup", "clip", "seed", "is_control", "verdict", "beats_shallow", "status",
+    "diverged", "divergence", "diverged_at", "steps", "start_loss", "final_train_loss", "final_valid_loss", "best_valid_loss",
+    "below_unigram", "context_gain", "live_fraction", "used_blocks", "collapse_step",
     "grad_norm_first_start", "grad_norm_first_end", "grad_norm_last_start", "grad_norm_last_end",
     "update_norm_first_end", "update_norm_last_end", "parameters", "wall_seconds", "tokens_per_second",
 ]  # fmt: skip
@@ -48,37 +53,72 @@ class StabilityGrid:
     lrs: tuple[float, ...]
     warmups: tuple[int | None, ...] = (None,)
     clips: tuple[float | None, ...] | None = None  # None: the base config's clipping; a None entry: off
+    seeds: tuple[int | None, ...] = (None,)  # None: the base config's seed
+    control: tuple[str, int] | None = ("pre_ln", 12)  # the shallow control's (scheme, depth); None: no control
 
 
-def cell_id(scheme: str, depth: int, lr: float, warmup: int, clip: float | None) -> str:
-    return f"{scheme}_L{depth}_lr{format_lr(lr)}_wu{warmup}_clip{format_clip(clip)}"
+def cell_id(scheme: str, depth: int, lr: float, warmup: int, clip: float | None, seed: int, base_seed: int) -> str:
+    """The cell's folder name; the seed appears only when it differs from the base config's (older studies keep their ids)."""
+    suffix = f"_seed{seed}" if seed != base_seed else ""
+    return f"{scheme}_L{depth}_lr{format_lr(lr)}_wu{warmup}_clip{format_clip(clip)}{suffix}"
 
 
 def stability_cells(base: dict, grid: StabilityGrid) -> list[Cell]:
-    """The grid's cells in table order: warmup, clip, LR, scheme, depth (the heatmap's panels, rows, columns)."""
-    warmups = [base["train"]["warmup_steps"] if warmup is None else warmup for warmup in grid.warmups]
-    clips = [base["train"]["grad_clip"]] if grid.clips is None else list(grid.clips)
+    """The grid's cells in table order: warmup, clip, LR, seed, scheme, depth (the heatmap's panels, rows, columns).
+
+    The shallow control of each warmup / clip / LR / seed combination comes first in its group (the grid's own cell
+    when the grid already holds that scheme and depth).
+    """
+    train = base["train"]
+    warmups = [train["warmup_steps"] if warmup is None else warmup for warmup in grid.warmups]
+    clips = [train["grad_clip"]] if grid.clips is None else list(grid.clips)
     clips = [None if not clip else clip for clip in clips]  # 0 disables clipping, as in TrainConfig
+    seeds = [train["seed"] if seed is None else seed for seed in grid.seeds]
     cells = []
-    for warmup, clip, lr, scheme, depth in itertools.product(warmups, clips, grid.lrs, grid.schemes, grid.depths):
-        config = merge(
-            base,
-            {
-                "model": {"scheme": scheme, "num_layers": depth},
-                "train": {"lr": lr, "warmup_steps": warmup, "grad_clip": clip},
-            },
-        )
-        axes = {"scheme": scheme, "depth": depth, "lr": lr, "warmup": warmup, "clip": clip}
-        cells.append(Cell(cell_id(scheme, depth, lr, warmup, clip), axes, config))
+    for warmup, clip, lr, seed in itertools.product(warmups, clips, grid.lrs, seeds):
+        pairs = list(itertools.product(grid.schemes, grid.depths))
+        if grid.control is not None:
+            pairs = [grid.control] + [pair for pair in pairs if pair != grid.control]
+        for scheme, depth in pairs:
+            config = merge(
+                base,
+                {
+                    "model": {"scheme": scheme, "num_layers": depth},
+                    "train": {"lr": lr, "warmup_steps": warmup, "grad_clip": clip, "seed": seed},
+                },
+            )
+            axes = {
+                "scheme": scheme, "depth": depth, "lr": lr, "warmup": warmup, "clip": clip, "seed": seed,
+                "is_control": (scheme, depth) == grid.control,
+            }  # fmt: skip
+            cells.append(Cell(cell_id(scheme, depth, lr, warmup, clip, seed, train["seed"]), axes, config))
     return cells
+
+
+def assign_verdicts(rows: list[dict], unigram: float) -> None:
+    """Add verdict, its reason, the margin below unigram and ``beats_shallow`` to each row (``verdicts.py``)."""
+    controls = {_group(row): row for row in rows if row.get("is_control")}
+    for row in rows:
+        row["verdict"], row["verdict_detail"] = classify(row, unigram)
+        loss = row.get("final_valid_loss")
+        row["below_unigram"] = unigram - loss if loss is not None else None
+        control = controls.get(_group(row))
+        control_loss = control["final_valid_loss"] if control and control["verdict"] != DIVERGED else None
+        row["control_loss"] = control_loss
+        row["beats_shallow"] = beats_shallow(row, row["verdict"], control_loss)
+
+
+def _group(row: dict) -> tuple:
+    """The training settings a cell shares with its shallow control."""
+    return (row["lr"], row["warmup"], row["clip"], row.get("seed"))
 
 
 def run_stability(
     base: dict, grid: StabilityGrid, out_dir: Path, jobs: int, threads_per_cell: int, progress: bool = True
 ) -> Outcome:
     """Run (or resume) the grid, then write results.csv, curves.csv, the figures and report.md into ``out_dir``."""
-    base, data = prepare_study(base)
-    outcome = run_study(out_dir, base, data, stability_cells(base, grid), jobs, threads_per_cell, progress)
+    base, data, baselines = prepare_study(base)
+    outcome = run_study(out_dir, base, data, baselines, stability_cells(base, grid), jobs, threads_per_cell, progress)
     if outcome.records:
         write_stability_outputs(out_dir, base, outcome)
     return outcome
@@ -88,6 +128,7 @@ def write_stability_outputs(out_dir: Path, base: dict, outcome: Outcome) -> None
     from . import plots
 
     rows = [flatten(record) for record in outcome.records]
+    assign_verdicts(rows, outcome.baselines["unigram"])
     write_csv(out_dir / "results.csv", rows, CSV_COLUMNS)
     curve_rows = [
         {"id": row["id"], "curve": name, "step": step, "value": value}
@@ -119,16 +160,19 @@ def stability_markdown(base: dict, rows: list[dict], figures: list[tuple[str, tu
             "clip_text": format_clip(row["clip"]),
             "final": number(row["final_valid_loss"]),
             "best": number(row["best_valid_loss"]),
-            "diverged_text": divergence_text(row),
-            "grad_ratio": number(_ratio(row["grad_norm_last_end"], row["grad_norm_first_end"]), 2),
+            "verdict_text": _verdict_text(row),
+            "below": number(row["below_unigram"]),
+            "gain": number(row.get("context_gain")),
+            "live": "n/a" if row.get("live_fraction") is None else f"{row['live_fraction']:.0%}",
+            "collapse": row.get("collapse_step") if row.get("collapse_step") is not None else "",
             "wall": f"{row['wall_seconds']:.0f}",
         }
         for row in rows
     ]
     columns = [
         ("scheme", "scheme"), ("layers", "depth"), ("lr", "lr_text"), ("warmup", "warmup"), ("clip", "clip_text"),
-        ("final valid loss", "final"), ("best valid loss", "best"), ("diverged", "diverged_text"),
-        ("grad norm last/first layer (end)", "grad_ratio"), ("wall s", "wall"),
+        ("seed", "seed"), ("verdict", "verdict_text"), ("final valid loss", "final"), ("below unigram", "below"),
+        ("context gain", "gain"), ("live blocks", "live"), ("collapse step", "collapse"), ("wall s", "wall"),
     ]  # fmt: skip
     lines = [
         f"# Stability map: {model.get('arch', 'gpt')}, width {model.get('hidden_size')}",
@@ -141,7 +185,7 @@ def stability_markdown(base: dict, rows: list[dict], figures: list[tuple[str, tu
         "",
         "## Reading",
         "",
-        *[f"- {bullet}" for bullet in stability_reading(rows, steps, tokens)],
+        *[f"- {bullet}" for bullet in stability_reading(rows, outcome.baselines, steps, tokens)],
         "",
         "## Map",
         "",
@@ -162,8 +206,9 @@ def stability_markdown(base: dict, rows: list[dict], figures: list[tuple[str, tu
     return "\n".join(lines)
 
 
-def _ratio(numerator, denominator):
-    """numerator / denominator; inf where the denominator is 0 (a first layer whose gradient underflowed)."""
-    if numerator is None or denominator is None:
-        return None
-    return numerator / denominator if denominator else math.inf
+def _verdict_text(row: dict) -> str:
+    """The verdict for tables: control cells say so, and "beats shallow" is appended where it holds."""
+    if row.get("is_control"):
+        return f"{row['verdict']} (control)"
+    text = row["verdict"] if row["verdict"] != DIVERGED else f"**diverged** ({divergence_detail(row)})"
+    return text + (", beats shallow" if row.get("beats_shallow") else "")

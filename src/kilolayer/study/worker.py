@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import KiloError
+from ..train.diagnostics import COLLAPSE_RATIO
 from .metrics import as_float, curve, find_divergence, records_by_kind
 from .runner import CELL_FILE, RESULT_FILE, write_json_atomic
 from .shared import load_json
@@ -55,6 +56,7 @@ def summarise(spec: dict, result) -> dict:
         "valid_loss": curve(valid_records, "loss"),
         **diagnostic_curves(diagnostics),
     }
+    layer_records = metrics.get("layers", [])
     nonfinite_at = result.diverged_at if result.stopped_by == "nonfinite" else None
     divergence, diverged_at = find_divergence(curves["train_loss"], nonfinite_at)
 
@@ -82,12 +84,37 @@ def summarise(spec: dict, result) -> dict:
         "grad_norm_last_end": last("grad_norm_last"),
         "update_norm_first_end": last("update_norm_first"),
         "update_norm_last_end": last("update_norm_last"),
+        "context_gain": valid_records[-1].get("context_gain") if valid_records else None,
+        **layer_usage(layer_records),
         "parameters": next((event["parameters"] for event in metrics.get("event", []) if "parameters" in event), None),
         "wall_seconds": result.wall_seconds,
         "tokens_per_second": result.tokens_per_second,
         "skipped_steps": result.skipped_steps,
         "rollbacks": result.rollbacks,
         "curves": curves,
+    }
+
+
+def layer_usage(layer_records: list[dict]) -> dict:
+    """How much of the depth learns, from the engine's ``layers`` records (``train/diagnostics.py``).
+
+    live_fraction / used_blocks: at the last diagnostics step. collapse_step: the first diagnostics step at
+    which the first block's gradient fell below 1e-10 of the last block's (None: never). profile: the last
+    step's per-block values, for depth plots.
+    """
+    if not layer_records:
+        return {"live_fraction": None, "used_blocks": None, "collapse_step": None, "profile": None}
+    final = layer_records[-1]
+    usage = final["usage"]
+    collapse_step = next(
+        (record["step"] for record in layer_records if as_float(record["usage"]["first_over_last"]) < COLLAPSE_RATIO), None
+    )
+    profile_keys = ("grad_norm", "grad_rms", "update_ratio", "activation_rms", "norm_gain")
+    return {
+        "live_fraction": usage["live_blocks"] / usage["blocks"],
+        "used_blocks": usage["used_blocks"],
+        "collapse_step": collapse_step,
+        "profile": {"step": final["step"], **{key: final[key] for key in profile_keys if key in final}},
     }
 
 

@@ -7,22 +7,15 @@ Guard, per optimizer step:
 * with ``on_nonfinite: stop`` the first non-finite step ends the run as diverged (stability study);
 * loss > ``divergence_factor`` × running minimum → a divergence flag in the logs (and cleared when it falls back).
 
-Diagnostics, every ``diagnostics_every`` steps, per block ℓ: ‖∇θ_ℓ‖ (before clipping), ‖Δθ_ℓ‖ (the update
-the optimizer applied) and the RMS of the residual stream after block ℓ. Norms come from one
-``torch._foreach_norm`` over all block tensors and one ``index_add_`` per quantity: no per-layer syncs.
+The per-block diagnostics live in ``diagnostics.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
-from . import distributed
 from .config import TrainConfig
 
 
@@ -91,61 +84,3 @@ class StabilityGuard:
     @staticmethod
     def state_from(values: dict) -> GuardState:
         return GuardState(**values)
-
-
-class LayerDiagnostics:
-    """Per-block norms of gradients, updates and activations, summarized over the depth."""
-
-    def __init__(self, model: nn.Module, parallel: distributed.Parallel):
-        blocks = model.model.layers
-        self.parameters = [p for block in blocks for p in block.parameters()]
-        owner = [index for index, block in enumerate(blocks) for _ in block.parameters()]
-        self.owner = torch.tensor(owner, device=parallel.device)
-        self.num_layers = len(blocks)
-        self.parallel = parallel
-
-    def _per_layer(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        """√(Σ over each block's tensors of ‖t‖²), summed over shards under FSDP."""
-        squares = torch.stack(torch._foreach_norm([distributed.local_tensor(t) for t in tensors])).float().square()
-        per_layer = torch.zeros(self.num_layers, device=squares.device).index_add_(0, self.owner, squares)
-        if self.parallel.sharded:
-            self.parallel.all_reduce_sum(per_layer)
-        return per_layer.sqrt()
-
-    def grad_norms(self) -> torch.Tensor:
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
-        return self._per_layer(grads)
-
-    def snapshot(self) -> list[torch.Tensor]:
-        """A copy of the block parameters, taken before the optimizer step."""
-        return [t.clone() for t in (distributed.local_tensor(p.detach()) for p in self.parameters)]
-
-    def update_norms(self, before: list[torch.Tensor]) -> torch.Tensor:
-        after = [distributed.local_tensor(p.detach()) for p in self.parameters]
-        return self._per_layer(torch._foreach_sub(after, before))
-
-    @staticmethod
-    def activation_rms(hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """RMS of the residual stream after each block: ‖h_ℓ‖ / √numel.
-
-        ``hidden_states[0]`` is the embedding output; the last entry is after the final norm, for the
-        schemes that have one. Norms are taken in the stream's dtype (no fp32 copy of 1000 activations).
-        """
-        outputs = [h.detach() for h in hidden_states[1:]]
-        norms = torch.stack(torch._foreach_norm(outputs)).float()
-        return norms / math.sqrt(outputs[0].numel())
-
-    @staticmethod
-    def summarize(values: list[float]) -> dict:
-        """first / last layer, min / median / max over layers, and where the extremes sit (0-based)."""
-        lowest = min(range(len(values)), key=values.__getitem__)
-        highest = max(range(len(values)), key=values.__getitem__)
-        return {
-            "first": values[0],
-            "last": values[-1],
-            "min": values[lowest],
-            "median": statistics.median(values),
-            "max": values[highest],
-            "argmin": lowest,
-            "argmax": highest,
-        }
