@@ -58,10 +58,10 @@ def test_bf16_autocast_close_to_float32():
     torch.testing.assert_close(grad_weight, want_weight, rtol=5e-2, atol=5e-3)
 
 
-def tiny(arch):
+def tiny(arch, fused_loss=True):
     torch.manual_seed(0)
     config = KiloConfig(arch=arch, num_layers=3, hidden_size=16, num_heads=2, vocab_size=40, max_positions=16,
-                        scheme="pre_ln" if arch == "gpt" else "post_ln")
+                        scheme="pre_ln" if arch == "gpt" else "post_ln", fused_loss=fused_loss)
     return (KiloForCausalLM if arch == "gpt" else KiloForMaskedLM)(config)
 
 

@@ -81,6 +81,9 @@ class KiloConfig(PretrainedConfig):
     use_bias: bool = True
     tie_word_embeddings: bool = True
     use_cache: bool = True
+    # fused_loss: training steps fuse the LM loss with the vocabulary projection and return logits=None
+    # (modeling/losses.py); kilolayer's trainer turns it on, plain HF use keeps the logits.
+    fused_loss: bool = False
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | None = None

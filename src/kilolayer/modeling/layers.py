@@ -91,8 +91,31 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
+def eager_attention(q, k, v, mask, is_causal: bool, dropout_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q·kᵀ/√d + mask)·v written out, for callers who need the attention weights (``output_attentions``).
+
+    Same mask convention as SDPA: a boolean ``mask`` is True where a query may attend; ``is_causal``
+    aligns the causal triangle to the last query (queries are the newest positions of the keys).
+    Returns (output, weights), weights (B, heads, queries, keys) after dropout.
+    """
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if is_causal:
+        queries, keys = scores.shape[-2:]
+        allowed = torch.ones(queries, keys, dtype=torch.bool, device=q.device).tril(keys - queries)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.dropout(scores.softmax(dim=-1), p=dropout_p)
+    return weights @ v, weights
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``.
+
+    ``cache`` (a transformers ``Cache``) receives this layer's keys and values and returns all of them
+    so far. ``attention_weights``, when a list, switches to the eager path and gets this layer's
+    weights appended (SDPA never materialises them).
+    """
 
     def __init__(self, config, layer_index: int, inner_norm: bool):
         super().__init__()
@@ -106,7 +129,7 @@ class SelfAttention(nn.Module):
         self.out = tag_roles(nn.Linear(hidden, hidden, bias=config.use_bias), "attn_out")
         self.out_dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x, mask, is_causal, rotary=None, cache=None):
+    def forward(self, x, mask, is_causal, rotary=None, cache=None, attention_weights: list | None = None):
         batch, length, hidden = x.shape
         qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, T, head)
@@ -115,9 +138,12 @@ class SelfAttention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_index)
-        attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
-        )
+        dropout_p = self.dropout if self.training else 0.0
+        if attention_weights is None:
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+        else:
+            attended, weights = eager_attention(q, k, v, mask, is_causal, dropout_p)
+            attention_weights.append(weights)
         attended = attended.transpose(1, 2).reshape(batch, length, hidden)
         return self.out_dropout(self.out(self.inner_norm(attended)))
 

@@ -42,10 +42,14 @@ class LogitsWorkspace:
 
 
 class LinearCrossEntropy(torch.autograd.Function):
-    """mean over targets ≠ ignore_index of −log softmax(hidden · Wᵀ + b)[target]."""
+    """Σ over targets ≠ ignore_index of −log softmax(hidden · Wᵀ + b)[target], divided by ``divisor``.
+
+    ``divisor`` is the number of targets in this batch, or the HF Trainer's ``num_items_in_batch``
+    (every target of the optimizer step); with no target at all the loss and gradients are 0.
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index: int, workspace: LogitsWorkspace | None):
+    def forward(ctx, hidden, weight, bias, targets, ignore_index: int, workspace: LogitsWorkspace | None, num_items):
         device = hidden.device.type
         autocast = torch.is_autocast_enabled(device)
         compute_dtype = torch.get_autocast_dtype(device) if autocast else hidden.dtype
@@ -54,12 +58,12 @@ class LinearCrossEntropy(torch.autograd.Function):
             inputs, projection = hidden.to(compute_dtype), weight.to(compute_dtype)
             bias_ = bias.to(compute_dtype) if bias is not None else None
             valid = targets != ignore_index
-            count = valid.sum()
-            scale = (valid / count).to(compute_dtype)[:, None]  # per row: 1 / n_targets, or 0 where ignored
+            divisor = valid.sum() if num_items is None else torch.as_tensor(num_items, device=hidden.device)
+            inverse = 1.0 / divisor.to(loss_dtype).clamp_min(1)  # the 1/n scale, applied in float32 after each matmul
             safe_targets = targets.masked_fill(~valid, 0)[:, None]
             rows = max(1, CHUNK_BYTES // (4 * weight.shape[0]))
             total = torch.zeros((), dtype=loss_dtype, device=hidden.device)
-            grad_hidden = torch.empty_like(inputs)
+            grad_hidden = torch.empty(inputs.shape, dtype=loss_dtype, device=hidden.device)
             grad_weight = grad_bias = None
             for start in range(0, inputs.shape[0], rows):
                 chunk = slice(start, start + rows)
@@ -78,28 +82,31 @@ class LinearCrossEntropy(torch.autograd.Function):
                     nll[underflow] = exact - target_logits[underflow]
                 total += (nll * chunk_valid[:, 0]).sum()
                 probs.scatter_add_(1, chunk_targets, -chunk_valid.to(loss_dtype))  # softmax − one-hot
+                probs.mul_(chunk_valid)  # ignored rows: no gradient (an exact 0/1 mask, before any rounding)
                 grad_logits = probs.to(compute_dtype)
-                # the 1 / n_targets row scale goes on the (rows x features) sides, not the vocabulary-sized one
-                grad_hidden[chunk] = (grad_logits @ projection).mul_(scale[chunk])
-                chunk_weight = (grad_logits.T @ (chunk_inputs * scale[chunk])).to(loss_dtype)
+                grad_hidden[chunk] = (grad_logits @ projection).to(loss_dtype).mul_(inverse)
+                chunk_weight = (grad_logits.T @ chunk_inputs).to(loss_dtype).mul_(inverse)
                 grad_weight = chunk_weight if grad_weight is None else grad_weight.add_(chunk_weight)
                 if bias is not None:
-                    chunk_bias = (scale[chunk, 0] @ grad_logits).to(loss_dtype)
+                    chunk_bias = probs.sum(0).mul_(inverse)
                     grad_bias = chunk_bias if grad_bias is None else grad_bias.add_(chunk_bias)
         ctx.gradients = (grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
-        return total / count
+        return total * inverse
 
     @staticmethod
     def backward(ctx, grad_loss):
         """The forward's gradients times the incoming one (1 / accumulation steps, say); the graph may be retained."""
-        return (*(g.to(dtype) * grad_loss if g is not None else None for g, dtype in zip(ctx.gradients, ctx.dtypes)), None, None, None)
+        gradients = (g.mul(grad_loss).to(dtype) if g is not None else None for g, dtype in zip(ctx.gradients, ctx.dtypes))
+        return (*gradients, None, None, None, None)
 
 
-def linear_cross_entropy(hidden, weight, bias, targets, ignore_index: int = -100, workspace: LogitsWorkspace | None = None) -> torch.Tensor:
-    """``F.cross_entropy(hidden @ weight.T + bias, targets, ignore_index)`` for a training step, without the logits.
+def linear_cross_entropy(hidden, weight, bias, targets, ignore_index: int = -100, workspace: LogitsWorkspace | None = None,
+                         num_items: torch.Tensor | int | None = None) -> torch.Tensor:
+    """``F.cross_entropy(hidden @ weight.T + bias, targets, ignore_index, reduction="sum") / n`` for a training step,
+    without the logits; n = ``num_items`` (the HF Trainer's ``num_items_in_batch``) or the count of targets.
 
     ``hidden`` is (rows, features), ``targets`` (rows,); a ``workspace`` reuses the logits buffer.
     Equal to the unfused loss and gradients to float32 rounding (``tests/modeling/test_losses.py``).
     """
-    return LinearCrossEntropy.apply(hidden, weight, bias, targets, ignore_index, workspace)
+    return LinearCrossEntropy.apply(hidden, weight, bias, targets, ignore_index, workspace, num_items)
