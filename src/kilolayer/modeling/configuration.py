@@ -218,14 +218,14 @@ class KiloConfig(PretrainedConfig):
     def summary(self) -> str:
         """One line for logs and model cards."""
         constants = ", ".join(f"{name}={value:.4g}" for name, value in self.scheme_constants().items())
-        return (
-            f"{self.arch} {depth}x{self.hidden_size} heads={self.num_heads} ffn={self.ffn_size} "
-            f"vocab={self.vocab_size} scheme={self.scheme}" + (f" ({constants})" if constants else "")
         depth = str(self.num_layers)
         if self.is_encoder_decoder:
             depth = f"{self.num_encoder_layers}+{self.num_decoder_layers}"
             decoder = ", ".join(f"{name}={value:.4g}" for name, value in self.decoder_constants.items())
             constants = f"encoder {constants}; decoder {decoder}" if constants else ""
+        return (
+            f"{self.arch} {depth}x{self.hidden_size} heads={self.num_heads} ffn={self.ffn_size} "
+            f"vocab={self.vocab_size} scheme={self.scheme}" + (f" ({constants})" if constants else "")
         )
 
 

@@ -53,6 +53,32 @@ def register(subparsers) -> None:
     depth.add_argument("--data-dir", help="reference data folder with eval/ for --zero-shot (default: $KILOLAYER_DATA)")
     depth.set_defaults(func=depth_command)
 
+    probe = subparsers.add_parser(
+        "probe",
+        help="how many of a trained model's layers matter: drop-one loss, angular distance, context gain",
+        description="Measure an exported model folder on fixed windows of a text file: the loss increase when each "
+        "block is replaced by the identity, the angle each block turns the residual stream by, and the context gain "
+        "(loss with another sequence's context minus with its own). Writes probe.json and probe.png.",
+    )
+    probe.add_argument("model_dir", help="a model folder written by save_pretrained (a training run's model/)")
+    probe.add_argument("--data", help="a UTF-8 .txt file to probe on (default: $KILOLAYER_DATA/corpus/enwiki_valid.txt)")
+    probe.add_argument("--windows", type=int, default=16, help="text windows to score (default: 16)")
+    probe.add_argument("--seq-len", type=int, help="tokens per window (default: the model's positions, at most 64)")
+    probe.add_argument("--stride", type=int, default=1, help="drop every STRIDE-th layer only (default: 1, every layer)")
+    probe.add_argument("--out", help="output folder (default: MODEL_DIR/probe)")
+    probe.add_argument("--no-progress", action="store_true", help="no progress bar")
+    probe.set_defaults(func=_probe)
+
+    from .signal import register_signal
+
+    register_signal(commands)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from .probe import probe_command
+
+    return probe_command(args)
+
 
 def _common_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--arch", choices=sorted(ARCH_PRESETS), help="gpt (causal LM) or bert (masked LM): picks the default preset (default: gpt, or the --preset's)")

@@ -30,8 +30,8 @@ from .report import (
 )
 from .metrics import START_MARGIN
 from .verdicts import DIVERGED, beats_shallow, classify
-from .runner import Cell, Outcome
-from .shared import flatten, prepare_study, run_study, tokens_per_step
+from .runner import CELL_FILE, Cell, Outcome
+from .shared import flatten, load_json, prepare_study, run_study, tokens_per_step
 
 VARIED = {"model": ("scheme", "num_layers"), "train": ("lr", "warmup_steps", "grad_clip", "seed")}  # the grid's axes
 
@@ -80,19 +80,34 @@ def stability_cells(base: dict, grid: StabilityGrid) -> list[Cell]:
         if grid.control is not None:
             pairs = [grid.control] + [pair for pair in pairs if pair != grid.control]
         for scheme, depth in pairs:
-            config = merge(
-                base,
-                {
-                    "model": {"scheme": scheme, "num_layers": depth},
-                    "train": {"lr": lr, "warmup_steps": warmup, "grad_clip": clip, "seed": seed},
-                },
-            )
             axes = {
                 "scheme": scheme, "depth": depth, "lr": lr, "warmup": warmup, "clip": clip, "seed": seed,
                 "is_control": (scheme, depth) == grid.control,
             }  # fmt: skip
-            cells.append(Cell(cell_id(scheme, depth, lr, warmup, clip, seed, train["seed"]), axes, config))
+            cells.append(cell_from_axes(base, axes))
     return cells
+
+
+def cell_from_axes(base: dict, axes: dict) -> Cell:
+    """The cell that trains ``base`` with the axes' scheme, depth, LR, warmup, clipping and seed."""
+    override = {
+        "model": {"scheme": axes["scheme"], "num_layers": axes["depth"]},
+        "train": {"lr": axes["lr"], "warmup_steps": axes["warmup"], "grad_clip": axes["clip"], "seed": axes["seed"]},
+    }
+    identity = cell_id(axes["scheme"], axes["depth"], axes["lr"], axes["warmup"], axes["clip"], axes["seed"], base["train"]["seed"])
+    return Cell(identity, axes, merge(base, override))
+
+
+def earlier_cells(out_dir: Path, base: dict, cells: list[Cell]) -> list[Cell]:
+    """Cells an earlier run of this study folder holds beyond ``cells`` (another seed, scheme or LR), rebuilt from the
+    current base: they join the table, and if the base changed since, ``check_unchanged`` refuses the run."""
+    known = {cell.id for cell in cells}
+    found = []
+    for spec_path in sorted((out_dir / "cells").glob(f"*/{CELL_FILE}")):
+        spec = load_json(spec_path)
+        if spec["id"] not in known and {"seed", "is_control"} <= spec["axes"].keys():
+            found.append(cell_from_axes(base, spec["axes"]))
+    return found
 
 
 def assign_verdicts(rows: list[dict], unigram: float) -> None:
@@ -116,9 +131,14 @@ def _group(row: dict) -> tuple:
 def run_stability(
     base: dict, grid: StabilityGrid, out_dir: Path, jobs: int, threads_per_cell: int, progress: bool = True
 ) -> Outcome:
-    """Run (or resume) the grid, then write results.csv, curves.csv, the figures and report.md into ``out_dir``."""
+    """Run (or resume) the grid, then write results.csv, curves.csv, the figures and report.md into ``out_dir``.
+
+    A study folder accumulates: cells of earlier runs with other axes (a second seed for a few schemes, say)
+    stay in the table, provided every setting outside the axes is unchanged.
+    """
     base, data, baselines = prepare_study(base)
-    outcome = run_study(out_dir, base, data, baselines, stability_cells(base, grid), jobs, threads_per_cell, progress)
+    cells = stability_cells(base, grid)
+    outcome = run_study(out_dir, base, data, baselines, cells + earlier_cells(out_dir, base, cells), jobs, threads_per_cell, progress)
     if outcome.records:
         write_stability_outputs(out_dir, base, outcome)
     return outcome

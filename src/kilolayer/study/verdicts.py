@@ -46,7 +46,8 @@ def classify(row: dict, unigram: float) -> tuple[str, str]:
     if loss is None or not math.isfinite(loss):
         return DIVERGED, "no finite validation loss"
     below_unigram = unigram - loss
-    facts = f"{below_unigram:+.3f} nats below unigram, context gain {_number(gain)}"
+    side = "below" if below_unigram >= 0 else "above"
+    facts = f"{abs(below_unigram):.3f} nats {side} unigram, context gain {_number(gain)}"
     if below_unigram < MIN_GAIN_OVER_UNIGRAM or gain is None or not gain >= MIN_CONTEXT_GAIN:
         return COLLAPSED, facts
     facts += f", {_percent(live)} of blocks live"
