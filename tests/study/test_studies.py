@@ -147,4 +147,6 @@ def test_the_depth_study_keeps_the_parameter_budget_and_marks_the_best_depth(tmp
     assert len({row["hidden_size"] for row in rows}) == 3  # deeper is narrower
     assert_png(out / "depth_curve.png")
     report = (out / "report.md").read_text(encoding="utf-8")
-    assert "Lowest final validation loss" in report and "within" in report
+    assert "within" in report and "Baselines on the same" in report
+    assert {row["verdict"] for row in rows} == {"collapsed"}  # 4 steps leave every depth above the unigram baseline
+    assert "No depth learned from its input beyond the unigram baseline" in report

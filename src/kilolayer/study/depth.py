@@ -6,6 +6,9 @@ number of steps, so the same tokens and, at equal parameters, the same ≈ 6 · 
 with a FLOPs budget each depth's step count is set from its achieved parameter count instead, so
 the compute is equal even where the counts differ slightly. For GPT, zero-shot accuracy of each
 trained model can be added (lm-evaluation-harness on the local task files).
+
+Each depth gets a verdict against the unigram/bigram baselines of the same validation batches
+(``verdicts.py``); the best depth is looked for only among the depths that learned.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ from pathlib import Path
 from ..errors import KiloError
 from ..presets import merge
 from .budget import count_parameters, shape_for_budget
-from .report import depth_reading, divergence_text, layers, markdown_table, number, settings_section, write_csv
+from .report import depth_reading, divergence_detail, layers, markdown_table, number, settings_section, write_csv
 from .runner import Cell, Outcome
 from .shared import flatten, prepare_study, run_study, tokens_per_step
+from .verdicts import classify
 
 FLOPS_PER_PARAMETER_TOKEN = 6  # forward 2 + backward 4 multiply-adds per parameter and token
 
 CSV_COLUMNS = [
     "id", "depth", "hidden_size", "ffn_size", "num_heads", "parameters", "budget_deviation_pct", "max_steps", "steps", "tokens", "flops",
+    "verdict", "context_gain", "live_fraction", "used_blocks", "collapse_step",
     "status", "diverged", "divergence", "diverged_at", "start_loss", "final_train_loss", "final_valid_loss", "best_valid_loss",
     "wall_seconds", "tokens_per_second",
 ]  # fmt: skip
@@ -93,6 +98,8 @@ def write_depth_outputs(out_dir: Path, base: dict, budget: int, flops: float | N
     from . import plots
 
     rows = [flatten(record) for record in outcome.records]
+    for row in rows:
+        row["verdict"], row["verdict_detail"] = classify(row, outcome.baselines["unigram"])
     tasks = sorted({task for row in rows for task in row.get("zero_shot", {})})
     zero_shot_columns = [f"{task}_{metric}" for task in tasks for metric in _task_metrics(rows, task)]
     for row in rows:
@@ -127,7 +134,8 @@ def depth_markdown(base: dict, rows: list[dict], budget: int, flops: float | Non
             "ffn_ratio": f"{row['ffn_size'] / row['hidden_size']:.2f}",
             "final": number(row["final_valid_loss"]),
             "best": number(row["best_valid_loss"]),
-            "diverged_text": divergence_text(row),
+            "verdict_text": row["verdict"] if row["verdict"] != "diverged" else f"**diverged** ({divergence_detail(row)})",
+            "gain": number(row.get("context_gain")),
             "flops_text": f"{row['flops']:.3g}",
             "wall": f"{row['wall_seconds']:.0f}",
             **{column: _score_text(column, row.get(column)) for column in zero_shot_columns},
@@ -137,7 +145,7 @@ def depth_markdown(base: dict, rows: list[dict], budget: int, flops: float | Non
     columns = [
         ("layers", "depth"), ("width", "hidden_size"), ("heads", "num_heads"), ("ffn", "ffn_size"), ("ffn/width", "ffn_ratio"),
         ("parameters", "parameters_text"), ("vs budget", "deviation"), ("steps", "max_steps"), ("FLOPs", "flops_text"),
-        ("final valid loss", "final"), ("best valid loss", "best"), ("diverged", "diverged_text"), ("wall s", "wall"),
+        ("final valid loss", "final"), ("best valid loss", "best"), ("verdict", "verdict_text"), ("context gain", "gain"), ("wall s", "wall"),
         *[(column, column) for column in zero_shot_columns],
     ]  # fmt: skip
     lines = [
@@ -153,7 +161,7 @@ def depth_markdown(base: dict, rows: list[dict], budget: int, flops: float | Non
         "",
         "## Reading",
         "",
-        *[f"- {bullet}" for bullet in depth_reading(rows, label)],
+        *[f"- {bullet}" for bullet in depth_reading(rows, label, outcome.baselines)],
         "",
         "![validation loss against depth](depth_curve.png)",
         "",

@@ -75,15 +75,20 @@ def combination_label(row: dict) -> str:
     return f"lr {format_lr(row['lr'])}, warmup {row['warmup']}, clip {format_clip(row['clip'])}"
 
 
-def stability_reading(rows: list[dict], baselines: dict, steps: int, tokens_per_cell: int) -> list[str]:
-    """Bullet points read off the table in the verdicts' words (``verdicts.py``), each with the numbers behind it."""
-    unigram, bigram = baselines["unigram"], baselines.get("bigram")
-    bullets = [
-        f"Baselines on the same {baselines['valid_targets']:,} validation targets: unigram {number(unigram)} nats"
+def _baseline_sentence(baselines: dict) -> str:
+    bigram = baselines.get("bigram")
+    return (
+        f"Baselines on the same {baselines['valid_targets']:,} validation targets: unigram {number(baselines['unigram'])} nats"
         + (f", bigram {number(bigram)} nats" if bigram is not None else "")
         + f" (add-λ counts over {baselines['train_tokens']:,} training tokens). A cell must end at least "
         f"{MIN_GAIN_OVER_UNIGRAM} nats below unigram, with a context gain of at least {MIN_CONTEXT_GAIN} nats, to count as learning."
-    ]
+    )
+
+
+def stability_reading(rows: list[dict], baselines: dict, steps: int, tokens_per_cell: int) -> list[str]:
+    """Bullet points read off the table in the verdicts' words (``verdicts.py``), each with the numbers behind it."""
+    unigram = baselines["unigram"]
+    bullets = [_baseline_sentence(baselines)]
     controls = [row for row in rows if row.get("is_control")]
     for control in controls:
         label = f"`{control['scheme']}` at {layers(control['depth'])}, {combination_label(control)}"
@@ -129,18 +134,18 @@ def stability_reading(rows: list[dict], baselines: dict, steps: int, tokens_per_
     return bullets
 
 
-def depth_reading(rows: list[dict], budget_label: str) -> list[str]:
-    """Bullet points read off the depth table: best depth, whether the grid brackets it, divergences, budget accuracy."""
-    bullets = []
+def depth_reading(rows: list[dict], budget_label: str, baselines: dict) -> list[str]:
+    """Bullet points read off the depth table: verdicts against the baselines, best depth among the cells that learned,
+    whether the grid brackets it, budget accuracy."""
     ordered = sorted(rows, key=lambda row: row["depth"])
-    trained = [row for row in ordered if not row["diverged"] and _finite(row["final_valid_loss"])]
     deviation = max(abs(row["budget_deviation_pct"]) for row in ordered)
-    bullets.append(f"Budget: {budget_label}; every depth's parameter count is within {deviation:.2f} % of it.")
+    bullets = [f"Budget: {budget_label}; every depth's parameter count is within {deviation:.2f} % of it.", _baseline_sentence(baselines)]
+    trained = [row for row in ordered if row["verdict"] in ("learning", "underused")]
     failed = [row for row in ordered if row not in trained]
     if failed:
-        bullets.append("Diverged or no validation loss: " + ", ".join(f"{layers(row['depth'])} ({divergence_text(row)})" for row in failed) + ".")
+        bullets.append("Did not learn: " + "; ".join(f"{layers(row['depth'])} **{row['verdict']}** ({row['verdict_detail']})" for row in failed) + ".")
     if not trained:
-        bullets.append("No depth trained, so this study says nothing about an optimal depth.")
+        bullets.append("No depth learned from its input beyond the unigram baseline, so this study says nothing about an optimal depth.")
         return bullets
     best = min(trained, key=lambda row: row["final_valid_loss"])
     position = trained.index(best)
