@@ -189,6 +189,19 @@ def test_cached_decoder_logits_equal_the_full_forward():
     assert cache.get_seq_length() == 9
 
 
+@torch.no_grad()
+def test_labels_are_shifted_so_no_position_sees_its_own_target():
+    """logits[t] predicts labels[t] from labels[:t] (after the start token): changing labels[t:] leaves logits[:t + 1]."""
+    model = context_dependent("deepnorm", "learned")
+    input_ids, labels = torch.randint(3, 61, (2, 8)), torch.randint(3, 61, (2, 6))
+    changed = labels.clone()
+    changed[:, 3:] = (labels[:, 3:] + 1) % 61
+    before, after = model(input_ids=input_ids, labels=labels).logits, model(input_ids=input_ids, labels=changed).logits
+    torch.testing.assert_close(after[:, :4], before[:, :4])
+    assert not torch.allclose(after[:, 4:], before[:, 4:])
+    assert torch.equal(model.prepare_decoder_input_ids_from_labels(torch.tensor([[7, 8, -100]])), torch.tensor([[START, 7, 8]]))
+
+
 # ---------------------------------------------------------------- export
 
 

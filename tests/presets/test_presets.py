@@ -53,7 +53,7 @@ def test_overrides_apply_in_order_and_parse_numbers(tmp_path):
     [
         (lambda: resolve_config("gpt-2k"), "unknown preset 'gpt-2k'; known presets:"),
         (lambda: resolve_config("gpt-tiny", overrides=["num_layers=3"]), "expected section.key=value"),
-        (lambda: build_model_config({"num_layer": 3}), "unknown model key 'num_layer'; did you mean num_layers?"),
+        (lambda: build_model_config({"num_layer": 3}), "unknown model key 'num_layer'; did you mean num_layers"),
         (lambda: TrainConfig.from_dict({"lr": "fast"}), "train key 'lr' must be a float"),
         (lambda: TrainConfig.from_dict({"learning_rate": 1.0}), "unknown train key 'learning_rate'"),
         (lambda: build_model_config({"num_heads": 3, "hidden_size": 32}), "invalid model config: num_heads (3)"),

@@ -18,7 +18,7 @@ from .cache import atomic_directory
 from .corpus import fingerprint, iter_documents
 
 REFERENCE_TOKENIZERS = {"gpt2": ("vocab.json", "merges.txt"), "bert-base-uncased": ("vocab.txt",)}
-KINDS = {"gpt": "bpe", "bert": "wordpiece"}  # the trained kind each architecture needs
+KINDS = {"gpt": "bpe", "bert": "wordpiece", "encdec": "bpe"}  # the trained kind each architecture needs (BART's is BPE)
 EOS = "<|endoftext|>"
 WORDPIECE_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
 BYTE_ALPHABET_SIZE = 256
@@ -65,7 +65,7 @@ def resolve_tokenizer(spec: str, arch: str, files: list[Path], vocab_size: int, 
     separators and a BERT never without [MASK].
     """
     if arch not in KINDS:
-        raise KiloError(f"unknown architecture {arch!r}; use gpt or bert")
+        raise KiloError(f"unknown architecture {arch!r}; use {', '.join(KINDS)}")
     if spec == "train":
         kind = KINDS[arch]
         folder = Path(cache_dir) / f"{kind}-{vocab_size}-{fingerprint(files, 'tokenizer', RECIPE_VERSION, kind, vocab_size)[:16]}"
@@ -146,7 +146,7 @@ def _bert_template(backend):
 
 
 def _check_special_tokens(tokenizer: PreTrainedTokenizerFast, spec: str, arch: str) -> None:
-    needed = ["eos_token"] if arch == "gpt" else ["cls_token", "sep_token", "mask_token", "pad_token"]
+    needed = ["cls_token", "sep_token", "mask_token", "pad_token"] if arch == "bert" else ["eos_token"]
     missing = [name for name in needed if getattr(tokenizer, f"{name}_id") is None]
     if missing:
         raise KiloError(

@@ -12,7 +12,11 @@ from .modeling import (
 from .encdec import KiloForConditionalGeneration
 from .schemes import SCHEMES
 
+# The model each arch pretrains (the trainer, ``kilolayer info``, the study's parameter budgets).
+PRETRAINING_CLASSES = {"gpt": KiloForCausalLM, "bert": KiloForMaskedLM, "encdec": KiloForConditionalGeneration}
+
 __all__ = [
+    "PRETRAINING_CLASSES",
     "SCHEMES",
     "KiloConfig",
     "KiloForCausalLM",

@@ -55,11 +55,11 @@ def run_info(args) -> int:
     import torch
 
     from ..errors import KiloError
-    from ..modeling import KiloForCausalLM, KiloForMaskedLM
+    from ..modeling import PRETRAINING_CLASSES
     from . import build_model_config, resolve_config
 
     config = build_model_config(resolve_config(args.preset, args.config, args.overrides)["model"])
-    model_class = KiloForCausalLM if config.is_causal else KiloForMaskedLM
+    model_class = PRETRAINING_CLASSES[config.arch]
     with torch.device("meta"):
         parameters = sum(p.numel() for p in model_class(config).parameters())
     print(config.summary())

@@ -2,9 +2,9 @@
 
 A language model that ignores its input can at best predict the unigram distribution; one that
 uses only the previous token can at best reach a bigram model. Both are fitted here on the train
-shard by counting and scored on exactly the validation targets the engine scores (the first
-``eval_batches`` validation batches; for GPT every token of a window but the first), in nats per
-target, the unit of the engine's validation loss.
+shard (an encoder-decoder's unigram on its train batches' targets) by counting and scored on exactly
+the validation targets the engine scores (the first ``eval_batches`` validation batches; for GPT
+every token of a window but the first), in nats per target, the unit of the engine's validation loss.
 
 Smoothing is add-λ: p(c) = (n(c) + λ) / (N + λV) and p(c | p) = (n(p, c) + λ) / (n(p) + λV).
 λ is chosen from ``LAMBDAS`` on the last ``HELD_OUT_FRACTION`` of the train shard (fitted on the
@@ -20,6 +20,7 @@ import numpy as np
 
 LAMBDAS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 HELD_OUT_FRACTION = 0.1
+SPAN_FIT_BATCHES = 2000  # encoder-decoder: train batches whose targets the unigram is counted on
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def causal_baselines(train: np.ndarray, windows: np.ndarray, vocab_size: int) ->
 
 
 def masked_baselines(train: np.ndarray, labels: np.ndarray, vocab_size: int) -> Baselines:
-    """The unigram baseline of masked-token prediction: the scored targets are the labels ≠ -100."""
+    """The unigram baseline of masked-token (or span-corruption) prediction: the scored targets are the labels ≠ -100."""
     train = np.asarray(train, dtype=np.int64)
     targets = np.asarray(labels, dtype=np.int64).ravel()
     targets = targets[targets != -100]
@@ -123,4 +124,10 @@ def study_baselines(prepared, train_config) -> Baselines:
         windows = np.concatenate([batch["input_ids"].numpy() for batch in batches])
         return causal_baselines(train, windows, vocab_size)
     labels = np.concatenate([batch["labels"].numpy().ravel() for batch in batches])
+    if prepared.arch == "encdec":
+        # Span-corruption targets hold sentinels and EOS, which the raw train shard never does: count the targets
+        # of the train batches instead (up to SPAN_FIT_BATCHES of them).
+        train_batches = prepared.batches("train", train_config.batch_size, train_config.seq_len, 0)
+        count = min(len(train_batches), SPAN_FIT_BATCHES)
+        train = np.concatenate([train_batches.get_batch(index)["labels"].numpy().ravel() for index in range(count)])
     return masked_baselines(train, labels, vocab_size)

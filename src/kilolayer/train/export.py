@@ -53,7 +53,11 @@ def model_card(facts: dict) -> str:
     """A short README.md: what the model is, how it was trained (every fact from the run), how to load it."""
     config = facts["model_config"]
     rows = "\n".join(f"| {name} | {value} |" for name, value in facts["table"].items())
-    head = "AutoModelForCausalLM" if config.arch == "gpt" else "AutoModelForMaskedLM"
+    head, kind = {
+        "gpt": ("AutoModelForCausalLM", "GPT (causal LM)"),
+        "bert": ("AutoModelForMaskedLM", "BERT (masked LM)"),
+        "encdec": ("AutoModelForSeq2SeqLM", "encoder-decoder (span-corruption LM)"),
+    }[config.arch]
     return f"""---
 library_name: transformers
 tags: [kilolayer, {config.scheme}, deep-transformer]
@@ -61,7 +65,7 @@ tags: [kilolayer, {config.scheme}, deep-transformer]
 
 # {facts["title"]}
 
-A {config.num_layers}-layer {"GPT (causal LM)" if config.arch == "gpt" else "BERT (masked LM)"} trained with
+A {config.num_layers}-layer {kind} trained with
 kilolayer — very deep Transformers with the residual/normalization scheme as one switch.
 
 Model: {config.summary()}; {facts["parameters"]:,} parameters.

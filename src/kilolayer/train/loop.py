@@ -27,7 +27,7 @@ import yaml
 
 from .. import __version__
 from ..errors import KiloError
-from ..modeling import KiloConfig, KiloForCausalLM, KiloForMaskedLM
+from ..modeling import PRETRAINING_CLASSES, KiloConfig
 from ..presets import build_model_config
 from . import checkpoint, distributed
 from .config import RESUMABLE_KEYS, TrainConfig
@@ -150,7 +150,7 @@ class Trainer:
         self._write_config()
 
         self._seed_everything(self.config.seed)
-        self.model_class = KiloForCausalLM if self.model_config.is_causal else KiloForMaskedLM
+        self.model_class = PRETRAINING_CLASSES[self.model_config.arch]
         model = self.model_class(self.model_config).to(self.parallel.device)
         if self.config.activation_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -341,6 +341,13 @@ class Trainer:
             group["lr"] = lr
         diagnose = bool(config.diagnostics_every) and number % config.diagnostics_every == 0
         started = time.perf_counter()
+    def _activation_rms(self, output) -> torch.Tensor:
+        """Per-block RMS of the residual stream; an encoder-decoder's blocks are the encoder's, then the decoder's."""
+        if not self.model_config.is_encoder_decoder:
+            return LayerDiagnostics.activation_rms(output.hidden_states)
+        stacks = (output.encoder_hidden_states, output.decoder_hidden_states)
+        return torch.cat([LayerDiagnostics.activation_rms(hidden_states) for hidden_states in stacks])
+
         loss_sum = torch.zeros((), device=self.parallel.device)
         activations = None
         for micro in range(config.grad_accum):
@@ -349,8 +356,8 @@ class Trainer:
             with self.parallel.gradient_sync(self.wrapped, sync=micro == config.grad_accum - 1):
                 with self._autocast():
                     output = self.wrapped(**batch, output_hidden_states=diagnose and micro == 0)
-                if output.hidden_states is not None:
-                    activations = LayerDiagnostics.activation_rms(output.hidden_states)
+                if diagnose and micro == 0:
+                    activations = self._activation_rms(output)
                 loss = output.loss / config.grad_accum
                 loss.backward()
             loss_sum += loss.detach()
@@ -455,10 +462,11 @@ class Trainer:
             batch = self._batch(self.valid_batches, index)
             with self._autocast():
                 loss = self.wrapped(**batch).loss
-                shuffled_loss = self.wrapped(**context_shuffled(batch, causal)).loss
+                shuffled_loss = self.wrapped(**context_shuffled(batch, rolls_every_input)).loss
             labels = batch["labels"][:, 1:] if causal else batch["labels"]
             count = (labels != -100).sum()
             totals += torch.stack([loss.double() * count, shuffled_loss.double() * count, count.double()])
+        rolls_every_input = self.model_config.arch != "bert"  # a GPT's or an encoder's input is all context
         self.model.train()
         loss_sum, shuffled_sum, count = self.parallel.all_reduce_sum(totals).tolist()
         loss = loss_sum / count
