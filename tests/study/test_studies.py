@@ -73,7 +73,7 @@ def test_a_2x2x1_grid_writes_csv_png_and_markdown(tmp_path, data_args):
         assert 0 <= float(row["live_fraction"]) <= 1
     curves = read_rows(out / "curves.csv")
     assert {row["curve"] for row in curves} >= {"train_loss", "valid_loss", "grad_norm_first", "grad_norm_last", "update_norm_first", "update_norm_last"}
-    for name in ("stability_map.png", "loss_1.png", "grad_norm_1.png", "update_norm_1.png"):
+    for name in ("stability_map.png", "loss_1.png", "grad_norm_1.png", "update_norm_1.png", "depth_profile_1.png"):
         assert_png(out / name)
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "## Reading" in report and "![stability map](stability_map.png)" in report

@@ -163,3 +163,31 @@ def depth_curve(rows: list[dict], path: Path, title: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def depth_profiles(rows: list[dict], adam_eps: float, path: Path) -> None:
+    """Per-block gradient RMS and update/weight ratio against the layer index at the last diagnostics step,
+    one line per cell: where in the stack learning stops. Adam's ε is the dotted line of the gradient panel."""
+    figure, (gradients, updates) = plt.subplots(2, 1, sharex=True, figsize=(8, 6.5))
+    colours = plt.get_cmap("tab20")
+    for index, row in enumerate(row for row in rows if row.get("profile")):
+        profile = row["profile"]
+        label = f"{row['scheme']} ×{row['depth']}" + (f" seed {row['seed']}" if row.get("seed") else "")
+        for axis, key in ((gradients, "grad_rms"), (updates, "update_ratio")):
+            values = [float(value) for value in profile.get(key, [])]
+            points = [(layer, value) for layer, value in enumerate(values) if _finite(value) and value > 0]
+            if points:
+                axis.plot(*zip(*points), color=colours(index % 20), linewidth=0.9, label=label if axis is gradients else None)
+    gradients.axhline(adam_eps, color="black", linestyle=":", linewidth=0.8, label="Adam ε")
+    gradients.set_yscale("log")
+    gradients.set_ylabel("gradient RMS per block")
+    updates.set_yscale("log")
+    updates.set_ylabel("‖Δθ‖ / ‖θ‖ per block")
+    updates.set_xlabel("layer (0-based)")
+    for axis in (gradients, updates):
+        axis.grid(alpha=0.3)
+    gradients.legend(fontsize=7, ncol=3, frameon=False)
+    gradients.set_title("at the last diagnostics step (blocks at exactly 0 are not drawn)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

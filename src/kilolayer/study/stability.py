@@ -165,7 +165,9 @@ def write_stability_outputs(out_dir: Path, base: dict, outcome: Outcome) -> None
         plots.stability_curves(group, ("train_loss", "valid_loss"), "loss", out_dir / names[0])
         plots.stability_curves(group, ("grad_norm_first", "grad_norm_last"), "grad norm (first, last layer)", out_dir / names[1], log_scale=True)
         plots.stability_curves(group, ("update_norm_first", "update_norm_last"), "update norm (first, last layer)", out_dir / names[2], log_scale=True)
-        figures.append((combination, names))
+        profile_name = f"depth_profile_{index}.png"
+        plots.depth_profiles(group, base["train"]["adam_eps"], out_dir / profile_name)
+        figures.append((combination, (*names, profile_name)))
     (out_dir / "report.md").write_text(stability_markdown(base, rows, figures, outcome), encoding="utf-8")
 
 
