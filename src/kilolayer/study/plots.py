@@ -1,6 +1,7 @@
 """The studies' figures: the stability map (heatmaps), training curves, and validation loss against depth.
 
-matplotlib with the Agg backend: files only, no display needed.
+Figures are drawn on matplotlib ``Figure`` objects with the Agg canvas: files only, no display needed,
+and the process's pyplot backend is left as the caller set it.
 """
 
 from __future__ import annotations
@@ -9,15 +10,24 @@ import math
 from pathlib import Path
 
 import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-
-from .metrics import NONFINITE  # noqa: E402
-from .report import combination_label, number  # noqa: E402
+from .metrics import NONFINITE
+from .report import combination_label, number
 
 DIVERGED_COLOUR = "#bbbbbb"
 MIN_COLOUR_SPAN = 0.1  # nats
+
+
+def _figure(size: tuple[float, float] | None = None) -> Figure:
+    """A figure on its own Agg canvas (no pyplot state)."""
+    figure = Figure(figsize=size)
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def _finite(value) -> bool:
@@ -38,14 +48,12 @@ def stability_heatmap(rows: list[dict], path: Path) -> None:
     starts = [row["start_loss"] for row in rows if _finite(row["start_loss"])]
     low = min(finite) if finite else 0.0
     high = max(min(max(finite), max(starts)) if finite and starts else low, low + MIN_COLOUR_SPAN)
-    colours = plt.get_cmap("viridis")
+    colours = matplotlib.colormaps.get_cmap("viridis")
 
     columns = min(len(combinations), 3)
     figure_rows = math.ceil(len(combinations) / columns)
-    figure, axes = plt.subplots(
-        figure_rows, columns, squeeze=False, sharey=True,
-        figsize=(1.5 + max(2.4, 0.9 * len(depths)) * columns, 0.9 + max(1.6, 0.45 * len(schemes)) * figure_rows),
-    )
+    figure = _figure((1.5 + max(2.4, 0.9 * len(depths)) * columns, 0.9 + max(1.6, 0.45 * len(schemes)) * figure_rows))
+    axes = figure.subplots(figure_rows, columns, squeeze=False, sharey=True)
     lookup = {(combination_label(row), row["scheme"], row["depth"]): row for row in rows}
     for index, combination in enumerate(combinations):
         axis = axes[index // columns][index % columns]
@@ -62,7 +70,9 @@ def stability_heatmap(rows: list[dict], path: Path) -> None:
                     colour, text = matplotlib.colors.to_rgb(DIVERGED_COLOUR), "NaN"
                 if row["diverged"]:
                     text = f"✕ {text}\n@{row['diverged_at']}"
-                axis.add_patch(plt.Rectangle((x - 0.5, y - 0.5), 1, 1, color=colour))
+                elif row.get("verdict"):
+                    text = f"{text}\n{row['verdict']}"
+                axis.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, color=colour))
                 luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
                 axis.text(x, y, text, ha="center", va="center", fontsize=7, color="black" if luminance > 0.5 else "white")
         axis.set_xlim(-0.5, len(depths) - 0.5)
@@ -73,10 +83,9 @@ def stability_heatmap(rows: list[dict], path: Path) -> None:
         axis.set_title(combination, fontsize=9)
     for index in range(len(combinations), figure_rows * columns):
         axes[index // columns][index % columns].axis("off")
-    mappable = plt.cm.ScalarMappable(cmap=colours, norm=matplotlib.colors.Normalize(low, high))
+    mappable = ScalarMappable(cmap=colours, norm=matplotlib.colors.Normalize(low, high))
     figure.colorbar(mappable, ax=axes, label="final validation loss (✕ diverged, grey: non-finite)", shrink=0.9)
     figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
 
 
 def stability_curves(rows: list[dict], curve_names: tuple[str, ...], ylabel: str, path: Path, log_scale: bool = False) -> None:
@@ -88,11 +97,12 @@ def stability_curves(rows: list[dict], curve_names: tuple[str, ...], ylabel: str
     """
     depths = sorted({row["depth"] for row in rows})
     schemes = list(dict.fromkeys(row["scheme"] for row in rows))
-    colours = {scheme: plt.get_cmap("tab10")(index % 10) for index, scheme in enumerate(schemes)}
+    colours = {scheme: matplotlib.colormaps.get_cmap("tab10")(index % 10) for index, scheme in enumerate(schemes)}
     styles = ("-", "--", ":")
     columns = min(len(depths), 3)
     figure_rows = math.ceil(len(depths) / columns)
-    figure, axes = plt.subplots(figure_rows, columns, squeeze=False, figsize=(max(7.0, 4.2 * columns), 3.2 * figure_rows))
+    figure = _figure((max(7.0, 4.2 * columns), 3.2 * figure_rows))
+    axes = figure.subplots(figure_rows, columns, squeeze=False)
     starts = [row["start_loss"] for row in rows if _finite(row["start_loss"])]
     for index, depth in enumerate(depths):
         axis = axes[index // columns][index % columns]
@@ -120,22 +130,22 @@ def stability_curves(rows: list[dict], curve_names: tuple[str, ...], ylabel: str
         axis.grid(alpha=0.3)
     for index in range(len(depths), figure_rows * columns):
         axes[index // columns][index % columns].axis("off")
-    legend = [plt.Line2D([], [], color=colours[scheme], label=scheme) for scheme in schemes]
+    legend = [Line2D([], [], color=colours[scheme], label=scheme) for scheme in schemes]
     if len(curve_names) > 1:
-        legend += [plt.Line2D([], [], color="black", linestyle=style, label=name) for style, name in zip(styles, curve_names)]
+        legend += [Line2D([], [], color="black", linestyle=style, label=name) for style, name in zip(styles, curve_names)]
     if log_scale:
-        legend.append(plt.Line2D([], [], color="black", marker="v", linestyle="", label="exactly 0"))
+        legend.append(Line2D([], [], color="black", marker="v", linestyle="", label="exactly 0"))
     figure.legend(handles=legend, loc="upper center", ncol=min(len(legend), 6), fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0, 1, 0.92))
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def depth_curve(rows: list[dict], path: Path, title: str) -> None:
     """Final (and best) validation loss against depth, log-scaled depth axis; the best depth starred, diverged ones ✕."""
     ordered = sorted(rows, key=lambda row: row["depth"])
     trained = [row for row in ordered if not row["diverged"] and _finite(row["final_valid_loss"])]
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure = _figure((6, 4))
+    axis = figure.subplots()
     if trained:
         axis.plot([row["depth"] for row in trained], [row["final_valid_loss"] for row in trained], "o-", label="final validation loss")
         best_values = [row for row in trained if _finite(row["best_valid_loss"])]
@@ -162,14 +172,14 @@ def depth_curve(rows: list[dict], path: Path, title: str) -> None:
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def depth_profiles(rows: list[dict], adam_eps: float, path: Path) -> None:
     """Per-block gradient RMS and update/weight ratio against the layer index at the last diagnostics step,
     one line per cell: where in the stack learning stops. Adam's ε is the dotted line of the gradient panel."""
-    figure, (gradients, updates) = plt.subplots(2, 1, sharex=True, figsize=(8, 6.5))
-    colours = plt.get_cmap("tab20")
+    figure = _figure((8, 6.5))
+    gradients, updates = figure.subplots(2, 1, sharex=True)
+    colours = matplotlib.colormaps.get_cmap("tab20")
     for index, row in enumerate(row for row in rows if row.get("profile")):
         profile = row["profile"]
         label = f"{row['scheme']} ×{row['depth']}" + (f" seed {row['seed']}" if row.get("seed") else "")
@@ -190,4 +200,3 @@ def depth_profiles(rows: list[dict], adam_eps: float, path: Path) -> None:
     gradients.set_title("at the last diagnostics step (blocks at exactly 0 are not drawn)", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)

@@ -71,8 +71,9 @@ def divergence_detail(row: dict) -> str:
 
 
 def combination_label(row: dict) -> str:
-    """The training settings a panel of the stability map shares: LR, warmup, clipping."""
-    return f"lr {format_lr(row['lr'])}, warmup {row['warmup']}, clip {format_clip(row['clip'])}"
+    """The training settings a panel of the stability map shares: LR, warmup, clipping (and seed)."""
+    label = f"lr {format_lr(row['lr'])}, warmup {row['warmup']}, clip {format_clip(row['clip'])}"
+    return label + (f", seed {row['seed']}" if row.get("seed") is not None else "")
 
 
 def _baseline_sentence(baselines: dict) -> str:
