@@ -6,7 +6,7 @@ import argparse
 
 from ..presets.cli import add_config_arguments
 
-ARCH_PRESETS = {"gpt": "gpt-1k-cpu", "bert": "bert-1k-cpu"}
+ARCH_PRESETS = {"gpt": "gpt-1k-cpu", "bert": "bert-1k-cpu", "encdec": "encdec-1k-cpu"}
 
 
 def register(subparsers) -> None:
@@ -81,8 +81,15 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _common_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
-    parser.add_argument("--arch", choices=sorted(ARCH_PRESETS), help="gpt (causal LM) or bert (masked LM): picks the default preset (default: gpt, or the --preset's)")
-    add_config_arguments(parser, default_preset=None, preset_help="base preset or YAML file (default: gpt-1k-cpu, or bert-1k-cpu with --arch bert)")
+    parser.add_argument(
+        "--arch", choices=sorted(ARCH_PRESETS),
+        help="gpt (causal LM), bert (masked LM) or encdec (encoder-decoder, span corruption; a depth is encoder + decoder "
+        "layers, split evenly): picks the default preset (default: gpt, or the --preset's)",
+    )  # fmt: skip
+    add_config_arguments(
+        parser, default_preset=None,
+        preset_help="base preset or YAML file (default: gpt-1k-cpu; bert-1k-cpu with --arch bert, encdec-1k-cpu with --arch encdec)",
+    )  # fmt: skip
     parser.add_argument("--data", help="corpus file or folder (default: $KILOLAYER_DATA/corpus, else the embedded default)")
     parser.add_argument("--out", help=f"study folder; re-running into it resumes (default: {default_out})")
     parser.add_argument("--threads-per-cell", type=int, default=1, help="torch threads of each cell's process (default: 1)")
@@ -173,6 +180,9 @@ def depth_command(args: argparse.Namespace) -> int:
     from .depth import run_depth
 
     base, out, jobs = _settings(args)
+    if base["model"]["arch"] == "encdec":
+        raise KiloError("study depth derives each depth's width from one block's parameters; it supports gpt and bert, "
+                        "not encdec (use study stability --arch encdec)")
     zero_shot = None
     if args.zero_shot:
         import importlib.util
