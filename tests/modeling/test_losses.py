@@ -111,3 +111,90 @@ def test_target_probability_below_float32_range_gives_the_exact_loss():
     torch.testing.assert_close(fused, expected)
     for got, want in zip(gradients(fused, (hidden, weight, bias_)), gradients(expected, (hidden, weight, bias_))):
         torch.testing.assert_close(got, want)
+
+
+def test_all_ignored_targets_give_zero_loss_and_zero_gradients():
+    hidden, weight, bias_, targets = leaves()
+    targets[:] = -100
+    loss = linear_cross_entropy(hidden, weight, bias_, targets)
+    assert loss == 0
+    for gradient in gradients(loss, (hidden, weight, bias_)):
+        assert torch.isfinite(gradient).all() and not gradient.any()
+
+
+@pytest.mark.parametrize("fused_loss", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("arch", ["gpt", "bert"])
+def test_a_micro_batch_without_targets_gives_zero_gradients(arch, fused_loss):
+    model = tiny(arch, fused_loss).train()
+    input_ids = torch.randint(0, 40, (2, 5))
+    output = model(input_ids=input_ids, labels=torch.full_like(input_ids, -100))
+    output.loss.backward()
+    assert output.loss == 0
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is None or (torch.isfinite(parameter.grad).all() and not parameter.grad.any()), name
+
+
+def test_num_items_divides_the_summed_loss():
+    hidden, weight, bias_, targets = leaves()
+    summed = F.cross_entropy(F.linear(hidden, weight, bias_), targets, ignore_index=-100, reduction="sum")
+    fused = linear_cross_entropy(hidden, weight, bias_, targets, num_items=17)
+    torch.testing.assert_close(fused, summed / 17)
+    for got, want in zip(gradients(fused, (hidden, weight, bias_)), gradients(summed / 17, (hidden, weight, bias_))):
+        torch.testing.assert_close(got, want)
+
+
+def test_fp16_autocast_gradient_keeps_the_one_over_n_scale_in_float32():
+    """40,000 targets: 1/n = 2.5e-5 is below float16's smallest normal (6.1e-5), so a scale applied in
+    float16 loses most of its digits. Applied in float32 after the matmul, the error is the matmul's own."""
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(40_000, 16, generator=generator, dtype=torch.float64)
+    weight = torch.randn(64, 16, generator=generator, dtype=torch.float64) * 0.1
+    targets = torch.randint(0, 64, (40_000,), generator=generator)
+    targets[::4] = -100
+    exact = hidden.clone().requires_grad_()
+    F.cross_entropy(F.linear(exact, weight), targets).backward()
+    mixed = hidden.float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.float16):
+        linear_cross_entropy(mixed, weight.float(), None, targets).backward()
+    relative_error = ((mixed.grad.double() - exact.grad).norm() / exact.grad.norm()).item()
+    assert relative_error < 1e-3  # 5.3e-3 with the scale applied in float16 before the matmul
+
+
+def test_switch_off_keeps_the_logits_in_training():
+    model = tiny("gpt", fused_loss=False).train()
+    input_ids = torch.randint(0, 40, (2, 5))
+    output = model(input_ids=input_ids, labels=input_ids)
+    assert output.logits.shape == (2, 5, 40) and output.logits.requires_grad
+    fused = tiny("gpt", fused_loss=True).train()(input_ids=input_ids, labels=input_ids)
+    torch.testing.assert_close(output.loss, fused.loss)
+
+
+def training_and_eval_loss(model, input_ids):
+    model.train()
+    training = model(input_ids=input_ids, labels=input_ids).loss
+    model.eval()
+    return training, model(input_ids=input_ids, labels=input_ids).loss
+
+
+def test_a_forward_hook_on_the_head_counts_in_training_as_in_eval():
+    """The fused loss would read lm_head.weight and skip the hook: with a hook the head runs as a module."""
+    model = tiny("gpt", fused_loss=True)
+    input_ids = torch.randint(0, 40, (2, 6))
+    plain_training, _ = training_and_eval_loss(model, input_ids)
+    model.lm_head.register_forward_hook(lambda module, args, output: output * 3.0)
+    training, evaluation = training_and_eval_loss(model, input_ids)
+    torch.testing.assert_close(training, evaluation)
+    assert (training - plain_training).abs() > 1e-3
+
+
+def test_a_lora_adapter_on_the_head_changes_the_training_loss_as_the_eval_loss():
+    peft = pytest.importorskip("peft")
+    model = tiny("gpt", fused_loss=True)
+    input_ids = torch.randint(0, 40, (2, 6))
+    base_training, base_eval = training_and_eval_loss(model, input_ids)
+    adapted = peft.get_peft_model(model, peft.LoraConfig(target_modules=["lm_head"], r=4, lora_alpha=16, init_lora_weights=False))
+    training, evaluation = training_and_eval_loss(adapted, input_ids)
+    torch.testing.assert_close(training, evaluation)
+    assert (training - base_training).abs() > 1e-3 and (evaluation - base_eval).abs() > 1e-3
+    training.backward()  # the adapter's weights get the gradient
+    assert any(p.grad is not None and p.grad.any() for n, p in adapted.named_parameters() if "lora_" in n)

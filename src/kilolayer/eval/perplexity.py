@@ -41,7 +41,7 @@ def perplexity(model, tokenizer, text: str, window: int | None = None, stride: i
         for begin in tqdm(starts, desc="perplexity windows", disable=not progress):
             end = min(begin + window, len(ids))
             chunk = ids[begin:end].to(model.device)
-            logits = model(input_ids=chunk[None]).logits[0, :-1].float()
+            logits = model(input_ids=chunk[None], use_cache=False).logits[0, :-1].float()  # no KV cache of every layer
             nll = F.cross_entropy(logits, chunk[1:], reduction="none")  # nll[j] scores position begin + j + 1
             total_nll += nll[scored_until - begin - 1 :].sum().item()
             scored_until = end

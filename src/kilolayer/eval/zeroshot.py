@@ -71,25 +71,31 @@ def evaluate_zero_shot(
         pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=resolve_batch_size(batch_size, model.device)
     )
     results = {}
-    for task in tasks:
-        start = time.perf_counter()
-        try:
-            output = simple_evaluate(
-                model=language_model, tasks=[task], task_manager=task_manager, limit=limit, log_samples=log_samples
-            )
-        except AssertionError:
-            # lm-eval asserts (without a message) that every answer fits in the model's context.
-            raise KiloError(
-                f"lm-eval stopped on {task}: an answer is longer than the model's {language_model.max_length}-token "
-                f"context, which lm-eval cannot score; evaluate a model with more positions (max_positions)"
-            ) from None
-        results[task] = {
-            "examples": output["n-samples"][task]["effective"],
-            "seconds": round(time.perf_counter() - start, 2),
-            "metrics": parse_metrics(output["results"][task]),
-        }
-        if log_samples:
-            results[task]["samples"] = [sample_record(sample) for sample in output["samples"][task]]
+    # lm-eval scores with plain forwards, model(ids).logits, which would keep a KV cache of every layer
+    # (config.use_cache); its generate() calls ask for the cache themselves.
+    use_cache, model.config.use_cache = model.config.use_cache, False
+    try:
+        for task in tasks:
+            start = time.perf_counter()
+            try:
+                output = simple_evaluate(
+                    model=language_model, tasks=[task], task_manager=task_manager, limit=limit, log_samples=log_samples
+                )
+            except AssertionError:
+                # lm-eval asserts (without a message) that every answer fits in the model's context.
+                raise KiloError(
+                    f"lm-eval stopped on {task}: an answer is longer than the model's {language_model.max_length}-token "
+                    f"context, which lm-eval cannot score; evaluate a model with more positions (max_positions)"
+                ) from None
+            results[task] = {
+                "examples": output["n-samples"][task]["effective"],
+                "seconds": round(time.perf_counter() - start, 2),
+                "metrics": parse_metrics(output["results"][task]),
+            }
+            if log_samples:
+                results[task]["samples"] = [sample_record(sample) for sample in output["samples"][task]]
+    finally:
+        model.config.use_cache = use_cache
     return results
 
 

@@ -56,6 +56,8 @@ def resolve_cache(config, *, cache: Cache | None, past_key_values: Cache | None,
         raise TypeError("a bidirectional (BERT) model has no KV cache: drop cache/past_key_values")
     if cache is not None and not isinstance(cache, Cache):
         raise TypeError(f"cache must be a transformers Cache (e.g. DynamicCache), got {type(cache).__name__}")
+    if use_cache and not causal:
+        raise TypeError("a bidirectional (BERT) model has no KV cache: drop use_cache=True")
     use_cache = config.use_cache if use_cache is None else use_cache
     if cache is None and use_cache and causal and not training:
         cache = DynamicCache(config=config)
@@ -417,6 +419,7 @@ class KiloForMaskedLM(KiloPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -426,8 +429,8 @@ class KiloForMaskedLM(KiloPreTrainedModel):
         the masked positions through the head (15 % of the vocabulary projection) and returns ``logits=None``."""
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
         )
         hidden = outputs.last_hidden_state
         logits = loss = None
@@ -466,12 +469,15 @@ class KiloForSequenceClassification(KiloPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> SequenceClassifierOutput:
         """``labels`` (B,); the loss is summed over examples and divided by ``num_items_in_batch`` when given."""
+        if use_cache:
+            raise TypeError("sequence classification returns no KV cache: drop use_cache=True")
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, inputs_embeds=inputs_embeds, use_cache=False,

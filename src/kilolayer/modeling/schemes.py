@@ -236,10 +236,18 @@ class ReZero(Scheme):
 
     def __init__(self, config, layer_number: int):
         super().__init__(config, layer_number)
-        self.gate = nn.Parameter(torch.zeros(()))
+        # One element, not a 0-dim scalar: FSDP2 shards every parameter along dim 0.
+        self.gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, x, sublayer):
         return x + self.gate * sublayer(x)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints written before the gate had one element hold a 0-dim one: same value, reshaped."""
+        key = prefix + "gate"
+        if key in state_dict and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class LayerNormScaling(Scheme):

@@ -29,9 +29,12 @@ def export_model(model: nn.Module, tokenizer, folder: Path, card: str) -> Path:
     shutil.rmtree(temp, ignore_errors=True)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a one-shard "Writing model shards" bar is noise after training's own
+    fused_loss = getattr(model.config, "fused_loss", False)
+    model.config.fused_loss = False  # the exported model is for plain HF use: logits in training steps too
     try:
         model.save_pretrained(temp)
     finally:
+        model.config.fused_loss = fused_loss
         if bars:
             hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(temp)

@@ -144,7 +144,8 @@ class Trainer:
         tokenizer = data.tokenizer
         token_ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
         token_ids = {key: value for key, value in token_ids.items() if value is not None and key not in model_input}
-        self.model_config = build_model_config(model_input, vocab_size=len(tokenizer), **token_ids)
+        training_defaults = {"fused_loss": True} if "fused_loss" not in model_input else {}  # the export turns it off
+        self.model_config = build_model_config(model_input, vocab_size=len(tokenizer), **token_ids, **training_defaults)
         self.resolved = {"model": model_section(self.model_config), "train": self.config.to_dict()}
         self._check_same_run()
         self._write_config()
@@ -461,8 +462,8 @@ class Trainer:
         for index in range(rank, batches, world):
             batch = self._batch(self.valid_batches, index)
             with self._autocast():
-                loss = self.wrapped(**batch).loss
-                shuffled_loss = self.wrapped(**context_shuffled(batch, rolls_every_input)).loss
+                loss = self.wrapped(**batch, use_cache=False).loss  # scoring: no KV cache of every layer
+                shuffled_loss = self.wrapped(**context_shuffled(batch, rolls_every_input), use_cache=False).loss
             labels = batch["labels"][:, 1:] if causal else batch["labels"]
             count = (labels != -100).sum()
             totals += torch.stack([loss.double() * count, shuffled_loss.double() * count, count.double()])
