@@ -61,3 +61,16 @@ def test_resumed_run_continues_exactly(bert_folder, shared_data, tmp_path):
     final = "checkpoints/step-00000006/model.safetensors"
     for name, tensor in load_file(tmp_path / "straight" / final).items():
         assert torch.equal(tensor, load_file(tmp_path / "resumed" / final)[name]), name
+
+
+def test_out_of_another_kind_of_run_is_refused_before_anything_is_written(bert_folder, shared_data, tmp_path):
+    pretraining = tmp_path / "pretraining"
+    (pretraining / "model").mkdir(parents=True)
+    (pretraining / "config.yaml").write_text("model: {}\ntrain: {}\n")
+    (pretraining / "model" / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(KiloError, match="holds a pretraining run"):
+        finetune(bert_folder, "mrpc", shared_data, pretraining, epochs=1, **QUICK)
+    with pytest.raises(KiloError, match="holds the model being fine-tuned"):
+        finetune(bert_folder, "mrpc", shared_data, bert_folder.parent, epochs=1, **QUICK)
+    assert (pretraining / "model" / "model.safetensors").read_bytes() == b"weights"
+    assert sorted(path.name for path in pretraining.iterdir()) == ["config.yaml", "model"]

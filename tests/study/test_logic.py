@@ -162,3 +162,34 @@ def test_input_errors_are_one_line_exit_2(capsys):
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 4 and all(line.startswith("kilolayer study: error:") for line in errors)
     assert "pass --arch gpt" in errors[0] and "unknown scheme postln" in errors[1] and "causal LM" in errors[3]
+
+
+def test_a_refused_rerun_changes_nothing_on_disk(tmp_path):
+    from kilolayer.study.shared import run_study
+
+    (tmp_path / "study.json").write_text('{"old": true}')
+    (tmp_path / "cells" / "c").mkdir(parents=True)
+    (tmp_path / "cells" / "c" / "cell.json").write_text(json.dumps({"id": "c", "axes": {}, "config": {"model": {}, "train": {"max_steps": 9}}}))
+    cells = [Cell("new", {}, {"model": {}, "train": {"max_steps": 5}}), Cell("c", {}, {"model": {}, "train": {"max_steps": 5}})]
+    with pytest.raises(KiloError, match=r"train.max_steps: 9 → 5"):
+        run_study(tmp_path, {}, "data", None, cells, jobs=1, threads_per_cell=1, progress=False)
+    assert (tmp_path / "study.json").read_text() == '{"old": true}' and not (tmp_path / "cells" / "new").exists()
+
+
+def test_a_study_folder_keeps_the_cells_of_earlier_runs_unless_the_settings_changed(tmp_path):
+    from kilolayer.study.runner import check_unchanged
+    from kilolayer.study.stability import earlier_cells
+
+    base = base_config("gpt-tiny", None, None, [])
+    seed = base["train"]["seed"]
+    two_seeds = stability_cells(base, StabilityGrid(schemes=("pre_ln",), depths=(4,), lrs=(1e-3,), seeds=(seed, seed + 1)))
+    for cell in two_seeds:
+        (tmp_path / "cells" / cell.id).mkdir(parents=True)
+        (tmp_path / "cells" / cell.id / "cell.json").write_text(json.dumps({"id": cell.id, "axes": cell.axes, "config": cell.config}))
+    one_seed = stability_cells(base, StabilityGrid(schemes=("post_ln",), depths=(4,), lrs=(1e-3,)))
+    found = earlier_cells(tmp_path, base, one_seed)
+    assert sorted(cell.id for cell in found) == sorted(cell.id for cell in two_seeds if cell.id not in {c.id for c in one_seed})
+    check_unchanged(tmp_path, one_seed + found)  # same settings: accepted
+    longer = base_config("gpt-tiny", None, None, ["train.max_steps=99"])
+    with pytest.raises(KiloError, match="max_steps"):
+        check_unchanged(tmp_path, earlier_cells(tmp_path, longer, stability_cells(longer, StabilityGrid(schemes=("post_ln",), depths=(4,), lrs=(1e-3,)))))

@@ -19,7 +19,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(corpu
     process.communicate(timeout=300)
     assert process.returncode == -signal.SIGKILL
     root = out / "checkpoints"
-    assert (root / ".step-00000008.tmp").is_dir()  # the torn write: data files without a manifest
+    assert (root / ".step-00000008.new").is_dir()  # the torn write: data files without a manifest
     assert not (root / "step-00000008").exists()
     folder, meta = checkpoint.latest_valid(root)
     assert (folder.name, meta["step"]) == ("step-00000004", 4)
@@ -27,7 +27,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(corpu
     result = run_training(config, out)
     assert result["steps"] == 12
     assert events(out, "resume")[0]["step"] == 4
-    assert not (root / ".step-00000008.tmp").exists()
+    assert not (root / ".step-00000008.new").exists()
 
 
 def corrupt(path, truncate: bool) -> None:
@@ -87,3 +87,37 @@ def test_resume_from_an_explicit_checkpoint_branches_into_a_new_folder(corpus, t
     assert step_losses(tmp_path / "branch") == {step: loss for step, loss in original.items() if step > 4}
     with pytest.raises(KiloError, match="newer than step-00000004"):
         train(config, out, resume=str(step_4), progress=False)
+
+
+def test_saving_a_step_again_never_loses_the_only_checkpoint(tmp_path, monkeypatch):
+    """After a rollback with keep_checkpoints=1 the same step is saved again; a kill mid-swap must leave one."""
+    import os
+
+    from kilolayer.train.distributed import Parallel
+    from kilolayer.train.faults import Faults
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    root = tmp_path / "checkpoints"
+
+    def save():
+        return checkpoint.save_checkpoint(
+            root, 4, parallel=Parallel(), model=model, optimizer=optimizer, state={"guard": {}}, keep=1, faults=Faults()
+        )
+
+    final = save()
+    real_rename = os.rename
+
+    def die_before_the_new_folder_is_in_place(source, destination):
+        if os.fspath(destination) == os.fspath(final):
+            raise KeyboardInterrupt  # a kill right before the new step folder is renamed into place
+        real_rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", die_before_the_new_folder_is_in_place)
+    with pytest.raises(KeyboardInterrupt):
+        save()
+    monkeypatch.setattr(os, "rename", real_rename)
+    checkpoint.remove_torn_writes(root)  # what a resume does first
+    folder, meta = checkpoint.latest_valid(root)
+    assert (folder.name, meta["step"]) == ("step-00000004", 4)
+    assert sorted(path.name for path in root.iterdir()) == ["step-00000004"]

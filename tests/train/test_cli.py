@@ -89,3 +89,23 @@ def test_bad_data_is_a_one_line_error(tmp_path, capsys):
     empty.write_text("\n\n")
     assert "empty.txt" in error_of(capsys, *pretrain_args(empty, tmp_path / "run"))
     assert "run" not in {path.name for path in tmp_path.iterdir()}
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_checkpoints_off_says_so_and_the_rerun_keeps_the_logs(corpus, tmp_path):
+    out = tmp_path / "run"
+    args = pretrain_args(corpus, out, "--set=train.max_steps=400", "--set=train.checkpoint_every=0")
+    process = subprocess.Popen([sys.executable, "-m", "kilolayer", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not step_losses(out):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "no checkpoint was saved (train.checkpoint_every=0)" in stderr and "rerun" not in stderr
+    assert not (out / "checkpoints").exists()
+    before = snapshot(out)
+
+    rerun = subprocess.run([sys.executable, "-m", "kilolayer", *args], capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 2 and "has no checkpoint to continue from" in rerun.stderr, rerun.stderr[-2000:]
+    assert snapshot(out) == before  # metrics.jsonl and the rest untouched

@@ -110,6 +110,20 @@ def validation_score(metrics: dict) -> float:
     return (metrics["accuracy"] + metrics["f1"]) / 2
 
 
+def check_out_dir(out_dir: Path, model_dir: Path) -> None:
+    """``--out`` must be new, empty, or an earlier fine-tuning run, and must not hold the model being tuned."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise KiloError(f"--out {out_dir} is a file; give a folder")
+    if Path(model_dir).resolve().is_relative_to(out_dir.resolve()):
+        raise KiloError(f"--out {out_dir} holds the model being fine-tuned ({model_dir}); choose another --out (default MODEL_DIR/finetune-TASK)")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if (out_dir / "config.yaml").is_file():
+        raise KiloError(f"--out {out_dir} holds a pretraining run; choose another --out (default MODEL_DIR/finetune-TASK)")
+    if not ((out_dir / "finetune.json").is_file() or (out_dir / "checkpoints").is_dir()):
+        raise KiloError(f"--out {out_dir} exists, is not empty and holds no fine-tuning run; choose a new or empty folder")
+
+
 def resolve_train_config(config, train_size: int, epochs: int, train_options: dict):
     """(TrainConfig, steps per epoch): ``DEFAULTS`` < ``train_options``; max_steps from the epochs, a
     10 % warmup, one evaluation per epoch and at most the model's positions unless given."""
@@ -166,6 +180,7 @@ def finetune(
     from .report import finetune_markdown, write_json
 
     out_dir = Path(out_dir)
+    check_out_dir(out_dir, Path(model_dir))
     splits, splits_note = load_splits(task, data_dir, limit)
     config = load_config(model_dir)
     tokenizer = load_folder_tokenizer(model_dir)
@@ -182,6 +197,8 @@ def finetune(
     found = checkpoint.latest_valid(checkpoint_root) if checkpoint_root.is_dir() else None
     if found and not resume:
         raise KiloError(f"--out {out_dir} already holds a fine-tuning run; continue it with --resume auto, or choose a new --out")
+    if found and "run" not in found[1]:
+        raise KiloError(f"--out {out_dir} holds checkpoints of another kind of run; choose another --out")
     if found:
         difference = first_difference(found[1]["run"], run_settings)
         if difference:

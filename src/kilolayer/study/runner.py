@@ -86,13 +86,10 @@ def default_jobs(threads_per_cell: int) -> int:
 
 
 def write_json_atomic(path: Path, value) -> None:
-    """Write to a temporary file, fsync, then rename: a reader sees the whole file or none."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=1, allow_nan=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    """Replace ``path`` with the JSON of ``value`` through ``kilolayer.atomic``: a reader sees the whole file or none."""
+    from ..atomic import write_text
+
+    write_text(path, json.dumps(value, indent=1, allow_nan=True))
 
 
 def read_record(cell_dir: Path) -> dict | None:
@@ -116,6 +113,7 @@ def run_cells(
 ) -> Outcome:
     """Run every cell that has no result yet, ``jobs`` at a time, each with ``threads_per_cell`` threads (and its own GPU, if any)."""
     cells_dir = study_dir / "cells"
+    check_unchanged(study_dir, cells)
     cells_dir.mkdir(parents=True, exist_ok=True)
     with _study_lock(study_dir), _terminate_like_ctrl_c():
         todo = deque(cell for cell in cells if _prepare(cells_dir / cell.id, cell))
@@ -148,23 +146,31 @@ def run_cells(
     return Outcome(records, failures)
 
 
-def _prepare(cell_dir: Path, cell: Cell) -> bool:
-    """Write the cell's spec; True when the cell still has to run.
+def _spec(cell: Cell) -> dict:
+    return {"id": cell.id, "axes": cell.axes, "config": cell.config, "zero_shot": cell.zero_shot}
 
-    A cell folder from an earlier run must describe the same training run: a study re-run with a
-    different budget or data would otherwise mix old and new results in one table.
-    """
-    spec = {"id": cell.id, "axes": cell.axes, "config": cell.config, "zero_shot": cell.zero_shot}
+
+def check_unchanged(study_dir: Path, cells: list[Cell]) -> None:
+    """Every cell folder from an earlier run must describe the same training run (checked before anything is
+    written): a study re-run with a different budget or data would otherwise mix old and new results in one table."""
+    for cell in cells:
+        spec_path = study_dir / "cells" / cell.id / CELL_FILE
+        if spec_path.is_file():
+            old = json.loads(spec_path.read_text(encoding="utf-8"))
+            compared = ("config", "zero_shot")
+            difference = first_difference({key: old.get(key) for key in compared}, {key: _spec(cell)[key] for key in compared})
+            if difference:
+                raise KiloError(
+                    f"{spec_path.parent} was run with a different configuration ({difference}); "
+                    "give the study another --out folder or delete that one"
+                )
+
+
+def _prepare(cell_dir: Path, cell: Cell) -> bool:
+    """Write the cell's spec (``check_unchanged`` has passed); True when the cell still has to run."""
+    spec = _spec(cell)
     spec_path = cell_dir / CELL_FILE
     if spec_path.is_file():
-        old = json.loads(spec_path.read_text(encoding="utf-8"))
-        compared = ("config", "zero_shot")
-        difference = first_difference({key: old.get(key) for key in compared}, {key: spec[key] for key in compared})
-        if difference:
-            raise KiloError(
-                f"{cell_dir} was run with a different configuration ({difference}); "
-                "give the study another --out folder or delete that one"
-            )
         return read_record(cell_dir) is None
     cell_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(spec_path, spec)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..presets import apply_overrides, build_model_config, merge, resolve_config
 from .baselines import Baselines, study_baselines
-from .runner import Cell, Outcome, run_cells, write_json_atomic
+from .runner import Cell, Outcome, check_unchanged, run_cells, write_json_atomic
 
 # What a study cell needs from the engine, beneath the user's --set: a divergence recorded, not rescued by the
 # guard; no wall-clock stop (every cell gets the same step budget); a loss every step, per-layer norms every 10;
@@ -71,6 +71,7 @@ def run_study(
     for cell in cells:  # a typo in --set fails here, once, not in every worker
         build_model_config(cell.config["model"])
         TrainConfig.from_dict(cell.config["train"])
+    check_unchanged(study_dir, cells)  # a refused re-run leaves study.json as it was
     study_dir.mkdir(parents=True, exist_ok=True)
     record = {"base": base, "data": data, "baselines": baselines.to_dict(), "cells": [cell.id for cell in cells]}
     write_json_atomic(study_dir / "study.json", record)

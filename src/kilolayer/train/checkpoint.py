@@ -1,8 +1,8 @@
 """Checkpoints: atomic, checksummed folders ``checkpoints/step-00000050/``; the newest valid one resumes.
 
-A checkpoint is written into ``.step-….tmp``, every file fsynced, then ``meta.json`` (step, data
-position, guard state, and each file's size and CRC-32) is written last and the folder renamed into
-place. A folder without a readable ``meta.json`` or with a file whose size or CRC differs is torn or
+A checkpoint is written into ``.step-….new``, every file fsynced, then ``meta.json`` (step, data
+position, guard state, and each file's size and CRC-32) is written last and the folder swapped into
+place by ``kilolayer.atomic`` (a step saved again keeps its old folder until the new one is in place). A folder without a readable ``meta.json`` or with a file whose size or CRC differs is torn or
 corrupt: it is skipped with a warning in favour of the previous one.
 
 Contents: ``model.safetensors`` and ``optimizer.pt`` (one process or DDP; loaded with
@@ -13,7 +13,6 @@ python RNG states) so that a resumed run continues bitwise identically.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
 import re
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
+from .. import atomic
 from ..errors import KiloError
 from . import distributed
 from .faults import Faults
@@ -48,10 +48,11 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def remove_torn_writes(root: Path) -> None:
-    """Delete temporary folders left by a writer that died mid-write (they were never valid)."""
+    """Finish what a writer that died mid-write left: drop unfinished ``.step-….new`` folders (never valid) and
+    put back a ``.step-….old`` whose replacement did not complete."""
     if root.is_dir():
-        for path in root.glob(".step-*.tmp"):
-            shutil.rmtree(path, ignore_errors=True)
+        for target in atomic.leftover_targets(root):
+            atomic.recover(target)
 
 
 def _crc32(path: Path) -> int:
@@ -60,15 +61,6 @@ def _crc32(path: Path) -> int:
         while chunk := handle.read(1 << 24):
             crc = zlib.crc32(chunk, crc)
     return crc
-
-
-def _fsync(path: Path) -> None:
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
-    handle = os.open(path, flags)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
 
 
 def read_meta(folder: Path) -> dict:
@@ -141,10 +133,9 @@ def save_checkpoint(
     ``state`` is JSON-serializable training state (data position, guard, config); it goes into meta.json.
     """
     final = root / checkpoint_name(step)
-    temp = root / f".{final.name}.tmp"
+    temp = atomic.staging_path(final)
     if parallel.is_main:
-        shutil.rmtree(temp, ignore_errors=True)
-        temp.mkdir(parents=True)
+        atomic.new_version(final).mkdir()
     parallel.barrier()
     written = [temp / f"rng-rank{parallel.rank}.pt"]
     torch.save(rng_state(), written[0])
@@ -155,7 +146,7 @@ def save_checkpoint(
         torch.save(optimizer.state_dict(), temp / "optimizer.pt")
         written += [temp / "model.safetensors", temp / "optimizer.pt"]
     for path in written:
-        _fsync(path)
+        atomic.fsync(path)
     faults.kill_in_checkpoint(step)
     parallel.barrier()
     if parallel.is_main:
@@ -170,12 +161,7 @@ def save_checkpoint(
             "files": files,
         }
         (temp / META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        _fsync(temp / META)
-        _fsync(temp)
-        if final.exists():  # the same step saved again (e.g. the final save right after a periodic one)
-            shutil.rmtree(final)
-        os.rename(temp, final)
-        _fsync(root)
+        atomic.commit(temp, final)  # the same step saved again (after a rollback) keeps its old folder until then
         for old in list_checkpoints(root)[keep:]:
             shutil.rmtree(old, ignore_errors=True)
     parallel.barrier()

@@ -68,11 +68,11 @@ def pretrain_command(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return EXIT_DIVERGED if result.diverged else EXIT_SIGNAL if result.stopped_by == "signal" else 0
     if result.stopped_by == "signal":
-        print(
-            f"kilolayer pretrain: interrupted at step {result.steps}; checkpoint saved in {out / 'checkpoints'}; "
-            "rerun the same command to continue",
-            file=sys.stderr,
-        )
+        if result.checkpoint is not None:
+            saved = f"checkpoint {result.checkpoint} holds step {result.steps}; rerun the same command to continue"
+        else:
+            saved = f"no checkpoint was saved (train.checkpoint_every=0), so this run cannot be continued; its logs are in {out}"
+        print(f"kilolayer pretrain: interrupted at step {result.steps}; {saved}", file=sys.stderr)
         return EXIT_SIGNAL
 
     def loss(value: float | None) -> str:

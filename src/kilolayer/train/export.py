@@ -4,12 +4,12 @@ a folder beside the old export, swapped in when complete."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..atomic import atomic_replace
 
 
 def materialize(model_class: type, config, state_dict: dict[str, torch.Tensor]) -> nn.Module:
@@ -25,31 +25,21 @@ def export_model(model: nn.Module, tokenizer, folder: Path, card: str) -> Path:
     """Save ``model``, ``tokenizer`` and the ``card`` into ``folder``, replacing an earlier export only when complete."""
     from transformers.utils import logging as hf_logging
 
-    temp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(temp, ignore_errors=True)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a one-shard "Writing model shards" bar is noise after training's own
-    fused_loss = getattr(model.config, "fused_loss", False)
-    model.config.fused_loss = False  # the exported model is for plain HF use: logits in training steps too
-    try:
-        model.save_pretrained(temp)
-    finally:
-        model.config.fused_loss = fused_loss
-        if bars:
-            hf_logging.enable_progress_bar()
-    tokenizer.save_pretrained(temp)
-    (temp / "README.md").write_text(card, encoding="utf-8")
-    for path in temp.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    old = folder.with_name(f".{folder.name}.old")
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(folder, old)
-    os.rename(temp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    def write(temp: Path) -> None:
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a one-shard "Writing model shards" bar is noise after training's own
+        fused_loss = getattr(model.config, "fused_loss", False)
+        model.config.fused_loss = False  # the exported model is for plain HF use: logits in training steps too
+        try:
+            model.save_pretrained(temp)
+        finally:
+            model.config.fused_loss = fused_loss
+            if bars:
+                hf_logging.enable_progress_bar()
+        tokenizer.save_pretrained(temp)
+        (temp / "README.md").write_text(card, encoding="utf-8")
+
+    return atomic_replace(folder, write)
 
 
 def model_card(facts: dict) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .. import __version__
+from .. import __version__, atomic
 from ..errors import KiloError
 from ..modeling import PRETRAINING_CLASSES, KiloConfig
 from ..presets import build_model_config
@@ -35,7 +35,7 @@ from .export import export_model, materialize, model_card
 from .faults import Faults
 from .diagnostics import LayerDiagnostics, context_shuffled, usage
 from .guard import StabilityGuard
-from .metrics import METRICS, MetricsLog, plot_loss_curve
+from .metrics import METRICS, MetricsLog, plot_loss_curve, read_metrics
 from .process import ProcessSettings
 from .schedule import learning_rate
 
@@ -58,6 +58,7 @@ class TrainResult:
     tokens_per_second: float  # trained tokens / time spent in training steps (all ranks)
     export_dir: Path | None
     metrics_path: Path
+    checkpoint: Path | None  # the newest checkpoint, the one a rerun continues from (None: checkpoints are off)
     stopped_by: str = "max_steps"  # max_steps | max_minutes | signal | nonfinite
 
 
@@ -176,6 +177,7 @@ class Trainer:
         self.next_batch = 0  # this rank's micro-batch index
         self.guard = StabilityGuard(self.config)
         self.saved_at: tuple[int, int] | None = None
+        self.last_checkpoint: Path | None = self.resume_from[0] if self.resume_from else None
         if self.resume_from is not None:
             self._load(*self.resume_from, restore_rng=True)
             self.saved_at = (self.step, self.next_batch)
@@ -212,9 +214,18 @@ class Trainer:
             if not holds_run:
                 return None
             if self.parallel.is_main:
+                for target in atomic.leftover_targets(out):  # config.yaml, metrics.jsonl, model/ swapped when killed
+                    atomic.recover(target)
                 checkpoint.remove_torn_writes(self.checkpoint_root)
             self.parallel.barrier()
-            return checkpoint.latest_valid(self.checkpoint_root, warn=self._warn)
+            found = checkpoint.latest_valid(self.checkpoint_root, warn=self._warn)
+            trained = [r["step"] for r in read_metrics(out / METRICS) if r.get("kind") == "train"]
+            if found is None and trained:
+                raise KiloError(
+                    f"--out {out} holds a run that trained {max(trained)} steps but has no checkpoint to continue from "
+                    f"(train.checkpoint_every=0); choose a new --out, or delete {out} to start over"
+                )
+            return found
         folder = Path(resume).expanduser()
         if not folder.is_dir():
             raise KiloError(f"--resume {resume}: no such checkpoint folder; use auto, never or a checkpoints/step-… folder")
@@ -246,10 +257,7 @@ class Trainer:
 
     def _write_config(self) -> None:
         if self.parallel.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            temp = self.out_dir / f".{CONFIG_FILE}.tmp"
-            temp.write_text(yaml.safe_dump(self.resolved, sort_keys=False), encoding="utf-8")
-            os.replace(temp, self.out_dir / CONFIG_FILE)
+            atomic.write_text(self.out_dir / CONFIG_FILE, yaml.safe_dump(self.resolved, sort_keys=False))
         self.parallel.barrier()
 
     def _warn(self, message: str) -> None:
@@ -288,6 +296,7 @@ class Trainer:
             faults=self.faults,
         )
         self.saved_at = (self.step, self.next_batch)
+        self.last_checkpoint = folder
         self.metrics.write("event", event="checkpoint", step=self.step, path=str(folder))
 
     def _load(self, folder: Path, meta: dict, restore_rng: bool) -> None:
@@ -333,6 +342,13 @@ class Trainer:
     def _batch(self, batches, index: int) -> dict[str, torch.Tensor]:
         return {key: value.to(self.parallel.device, non_blocking=True) for key, value in batches.get_batch(index).items()}
 
+    def _activation_rms(self, output) -> torch.Tensor:
+        """Per-block RMS of the residual stream; an encoder-decoder's blocks are the encoder's, then the decoder's."""
+        if not self.model_config.is_encoder_decoder:
+            return LayerDiagnostics.activation_rms(output.hidden_states)
+        stacks = (output.encoder_hidden_states, output.decoder_hidden_states)
+        return torch.cat([LayerDiagnostics.activation_rms(hidden_states) for hidden_states in stacks])
+
     def _train_step(self) -> str:
         """Forward/backward over the micro-batches, the guard's verdict, and the update if it says "step"."""
         config = self.config
@@ -342,13 +358,6 @@ class Trainer:
             group["lr"] = lr
         diagnose = bool(config.diagnostics_every) and number % config.diagnostics_every == 0
         started = time.perf_counter()
-    def _activation_rms(self, output) -> torch.Tensor:
-        """Per-block RMS of the residual stream; an encoder-decoder's blocks are the encoder's, then the decoder's."""
-        if not self.model_config.is_encoder_decoder:
-            return LayerDiagnostics.activation_rms(output.hidden_states)
-        stacks = (output.encoder_hidden_states, output.decoder_hidden_states)
-        return torch.cat([LayerDiagnostics.activation_rms(hidden_states) for hidden_states in stacks])
-
         loss_sum = torch.zeros((), device=self.parallel.device)
         activations = None
         for micro in range(config.grad_accum):
@@ -458,6 +467,7 @@ class Trainer:
         batches = math.ceil(self.config.eval_batches / world) * world
         totals = torch.zeros(3, dtype=torch.float64, device=self.parallel.device)
         causal = self.model_config.is_causal
+        rolls_every_input = self.model_config.arch != "bert"  # a GPT's or an encoder's input is all context
         self.model.eval()
         for index in range(rank, batches, world):
             batch = self._batch(self.valid_batches, index)
@@ -467,7 +477,6 @@ class Trainer:
             labels = batch["labels"][:, 1:] if causal else batch["labels"]
             count = (labels != -100).sum()
             totals += torch.stack([loss.double() * count, shuffled_loss.double() * count, count.double()])
-        rolls_every_input = self.model_config.arch != "bert"  # a GPT's or an encoder's input is all context
         self.model.train()
         loss_sum, shuffled_sum, count = self.parallel.all_reduce_sum(totals).tolist()
         loss = loss_sum / count
@@ -600,6 +609,7 @@ class Trainer:
             tokens_per_second=self.trained_tokens / self.train_seconds if self.train_seconds else 0.0,
             export_dir=export_dir,
             metrics_path=self.out_dir / METRICS,
+            checkpoint=self.last_checkpoint,
             stopped_by=stopped_by,
         )
         summary = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(result).items()}

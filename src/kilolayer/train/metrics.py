@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
+
+from ..atomic import write_text
 
 METRICS = "metrics.jsonl"
 
@@ -48,9 +49,7 @@ def truncate_after_checkpoint(path: Path, step: int) -> None:
     records = read_metrics(path)
     marks = [i for i, r in enumerate(records) if r.get("kind") == "event" and r.get("event") == "checkpoint" and r.get("step") == step]
     kept = records[: marks[-1] + 1] if marks else [r for r in records if r.get("step", 0) <= step]
-    temp = path.with_suffix(".jsonl.tmp")
-    temp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    os.replace(temp, path)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class MetricsLog:
