@@ -73,6 +73,15 @@ def test_info_command_prints_the_parameter_count():
     assert "parameters: 815,491,584" in result.stdout
 
 
+def test_info_times_an_encoder_decoder_step_on_span_corruption_shapes():
+    result = subprocess.run(
+        [sys.executable, "-m", "kilolayer", "info", "--preset", "encdec-tiny", "--step", "2x32"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("encdec 2+2x32") and "second step (forward+backward, 2x32)" in result.stdout
+
+
 def test_info_command_rejects_a_typo_with_one_line():
     result = subprocess.run(
         [sys.executable, "-m", "kilolayer", "info", "--preset", "gpt-tiny", "--set", "model.shceme=pre_ln"],

@@ -77,8 +77,15 @@ def run_info(args) -> int:
         except ValueError:
             raise KiloError(f"--step {args.step!r}: expected BATCHxLENGTH, e.g. 8x64") from None
         input_ids = torch.randint(0, config.vocab_size, (batch, length))
+        inputs = {"input_ids": input_ids, "labels": input_ids}
+        if config.is_encoder_decoder:  # the shapes span corruption makes of windows of `length` tokens
+            from ..data.span_corruption import span_counts
+
+            noise, spans = span_counts(length)
+            targets = torch.randint(0, config.vocab_size, (batch, noise + spans + 1))
+            inputs = {"input_ids": input_ids[:, : length - noise + spans + 1], "decoder_input_ids": targets, "labels": targets}
         for label in ("first step", "second step"):
             start = time.perf_counter()
-            model(input_ids=input_ids, labels=input_ids).loss.backward()
+            model(**inputs).loss.backward()
             print(f"{label} (forward+backward, {batch}x{length}): {time.perf_counter() - start:.2f} s")
     return 0
