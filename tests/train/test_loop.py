@@ -35,9 +35,14 @@ def test_the_run_folder_holds_the_resolved_config_logs_and_curve(corpus, tmp_pat
     assert saved["model"]["vocab_size"] == 512 and saved["model"]["alpha"] == pytest.approx(0.974)
     assert saved["train"]["max_steps"] == 4 and "adam_eps" in saved["train"]  # defaults included
     kinds = {json.loads(line)["kind"] for line in (out / "metrics.jsonl").read_text().splitlines()}
-    assert kinds == {"event", "train", "valid", "diagnostics"}
+    assert kinds == {"event", "train", "valid", "diagnostics", "layers"}
     train_record = next(r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train")
     assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "step_seconds"} <= train_record.keys()
+    records = read_metrics(out / "metrics.jsonl")
+    assert all(abs(r["context_gain"]) < 10 for r in records if r["kind"] == "valid")
+    layers = next(r for r in records if r["kind"] == "layers")
+    assert len(layers["grad_norm"]) == 4 and layers["usage"]["blocks"] == 4
+    assert {"grad_rms", "update_ratio", "activation_rms", "norm_gain"} <= layers.keys()
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert result.tokens_per_second > 0 and result.metrics_path == out / "metrics.jsonl"
     assert events(out, "stop")[0]["steps"] == 4
