@@ -95,3 +95,16 @@ def test_masked_lm_shuffling_keeps_the_masked_positions():
     assert torch.equal(shuffled["input_ids"][:, 0], ids.roll(1, 0)[:, 0])
     config = KiloConfig(arch="bert", num_layers=2, hidden_size=16, num_heads=2, vocab_size=50, max_positions=16)
     assert KiloForMaskedLM(config)(**shuffled).loss.isfinite()
+
+
+def test_encoder_decoder_shuffling_rolls_the_encoder_input_only():
+    batch = {
+        "input_ids": torch.arange(12).view(3, 4),
+        "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0]]),
+        "labels": torch.arange(6).view(3, 2),
+        "decoder_input_ids": torch.arange(6).view(3, 2),
+    }
+    shuffled = context_shuffled(batch, is_causal=False)
+    assert torch.equal(shuffled["input_ids"], batch["input_ids"].roll(1, 0))
+    assert torch.equal(shuffled["attention_mask"], batch["attention_mask"].roll(1, 0))
+    assert shuffled["labels"] is batch["labels"] and shuffled["decoder_input_ids"] is batch["decoder_input_ids"]

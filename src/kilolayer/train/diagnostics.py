@@ -161,14 +161,15 @@ def context_shuffled(batch: dict[str, torch.Tensor], is_causal: bool) -> dict[st
     Context gain = loss(shuffled) − loss(real): how much the model's predictions depend on *this*
     sequence's tokens. A model that ignores its input (a collapsed stack, a unigram model) scores 0.
     GPT: every input row is rolled. Masked LM: the scored ([MASK]ed) positions keep their inputs and
-    only the unmasked context is rolled, so the model still sees where it must predict.
+    only the unmasked context is rolled, so the model still sees where it must predict. Encoder-decoder
+    (labels shaped unlike the inputs): the encoder input is rolled, the decoder side is kept.
     """
     shuffled = dict(batch)
     rolled = batch["input_ids"].roll(1, dims=0)
-    if is_causal:
+    if is_causal or batch["labels"].shape != batch["input_ids"].shape:
         shuffled["input_ids"] = rolled
     else:
         shuffled["input_ids"] = torch.where(batch["labels"] != -100, batch["input_ids"], rolled)
     if "attention_mask" in batch:
-        shuffled["attention_mask"] = batch["attention_mask"].roll(1, dims=0) if is_causal else batch["attention_mask"]
+        shuffled["attention_mask"] = batch["attention_mask"].roll(1, dims=0) if shuffled["input_ids"] is rolled else batch["attention_mask"]
     return shuffled
