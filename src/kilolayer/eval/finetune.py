@@ -168,7 +168,7 @@ def finetune(
     """
     import torch
     from tqdm import tqdm
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
     from ..train import checkpoint
     from ..train.distributed import Parallel
@@ -178,11 +178,18 @@ def finetune(
     from ..train.schedule import learning_rate
     from .model_folder import load_config, load_folder_tokenizer, pick_device
     from .report import finetune_markdown, write_json
+    from . import text_to_text
 
     out_dir = Path(out_dir)
     check_out_dir(out_dir, Path(model_dir))
     splits, splits_note = load_splits(task, data_dir, limit)
     config = load_config(model_dir)
+    # An encoder-decoder is fine-tuned text-to-text (text_to_text.py), the others with a classification head.
+    encode_pairs, collate, predict_labels, auto_class = (
+        (text_to_text.encode, text_to_text.collate, text_to_text.predict, AutoModelForSeq2SeqLM)
+        if getattr(config, "is_encoder_decoder", False)
+        else (encode, _collate, predict, AutoModelForSequenceClassification)
+    )
     tokenizer = load_folder_tokenizer(model_dir)
     if tokenizer.pad_token is None:  # GPT-2 BPE has none; pad with EOS (masked out anyway)
         tokenizer.pad_token = tokenizer.eos_token
@@ -191,7 +198,7 @@ def finetune(
         raise KiloError(f"too few {task} pairs for train/validation/test ({sizes}); raise --limit")
     train_config, steps_per_epoch = resolve_train_config(config, len(splits["train"]), epochs, train_options)
     run_settings = {"train": {**train_config.to_dict(), "task": task, "limit": limit, "model_dir": str(model_dir)}}
-    examples = {name: encode(tokenizer, task, rows, train_config.seq_len) for name, rows in splits.items()}
+    examples = {name: encode_pairs(tokenizer, task, rows, train_config.seq_len) for name, rows in splits.items()}
 
     checkpoint_root = out_dir / "checkpoints"
     found = checkpoint.latest_valid(checkpoint_root) if checkpoint_root.is_dir() else None
@@ -207,7 +214,7 @@ def finetune(
     parallel = Parallel(device=pick_device(device))
     torch.manual_seed(train_config.seed)  # the classifier head's initialisation
     config.num_labels = 2
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, config=config).to(parallel.device)
+    model = auto_class.from_pretrained(model_dir, config=config).to(parallel.device)
     optimizer = build_optimizer(model, train_config, sharded=False)
     state = {"step": 0, "best_score": -math.inf, "best_step": 0, "evaluations_without_improvement": 0, "history": []}
     if found:
@@ -225,7 +232,7 @@ def finetune(
         epoch, position = divmod(step, steps_per_epoch)
         order = torch.randperm(len(examples["train"]), generator=torch.Generator().manual_seed(train_config.seed + epoch))
         indices = order[position * train_config.batch_size : (position + 1) * train_config.batch_size].tolist()
-        batch = _collate(tokenizer, [examples["train"][index] for index in indices], model.device)
+        batch = collate(tokenizer, [examples["train"][index] for index in indices], model.device)
         model.train()
         loss = model(**batch).loss
         loss.backward()
@@ -241,13 +248,14 @@ def finetune(
         if state["step"] % train_config.eval_every == 0 or state["step"] == train_config.max_steps:
             metrics = binary_metrics(
                 [example["labels"] for example in examples["validation"]],
-                predict(model, tokenizer, examples["validation"], train_config.batch_size),
+                predict_labels(model, tokenizer, examples["validation"], train_config.batch_size),
             )
             score = validation_score(metrics)
             state["history"].append({"step": state["step"], "loss": loss.item(), "validation": metrics})
             if score > state["best_score"]:
                 state.update(best_score=score, best_step=state["step"], evaluations_without_improvement=0)
-                export_model(model, tokenizer, out_dir / "model", model_card(task, model_dir, splits_note, state["step"], metrics))
+                card = model_card(task, model_dir, splits_note, state["step"], metrics, auto_class.__name__)
+                export_model(model, tokenizer, out_dir / "model", card)
             else:
                 state["evaluations_without_improvement"] += 1
             stopped_early = state["evaluations_without_improvement"] >= patience
@@ -258,7 +266,7 @@ def finetune(
             )
     progress.close()
 
-    best = AutoModelForSequenceClassification.from_pretrained(out_dir / "model").to(model.device)
+    best = auto_class.from_pretrained(out_dir / "model").to(model.device)
     test_labels = [example["labels"] for example in examples["test"]]
     record = {
         "task": task,
@@ -276,7 +284,7 @@ def finetune(
         "stopped_early": stopped_early,
         "seconds_this_session": round(time.perf_counter() - start, 2),
         "history": state["history"],
-        "test_metrics": binary_metrics(test_labels, predict(best, tokenizer, examples["test"], train_config.batch_size)),
+        "test_metrics": binary_metrics(test_labels, predict_labels(best, tokenizer, examples["test"], train_config.batch_size)),
         "model_out": str(out_dir / "model"),
     }
     write_json(out_dir / "finetune.json", record)
@@ -284,7 +292,7 @@ def finetune(
     return record
 
 
-def model_card(task: str, base: str | Path, splits_note: str, step: int, validation: dict) -> str:
+def model_card(task: str, base: str | Path, splits_note: str, step: int, validation: dict, auto_class: str) -> str:
     """README.md of the exported fine-tuned model: what it was tuned on and how to load it."""
     return f"""# kilolayer model fine-tuned on GLUE {task.upper()}
 
@@ -293,9 +301,9 @@ Base model: `{base}`. Best validation evaluation at step {step}: accuracy {valid
 
 ```python
 import kilolayer  # registers the kilolayer architecture with the Auto classes
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import {auto_class}, AutoTokenizer
 
-model = AutoModelForSequenceClassification.from_pretrained("<this folder>")
+model = {auto_class}.from_pretrained("<this folder>")
 tokenizer = AutoTokenizer.from_pretrained("<this folder>")
 ```
 """
