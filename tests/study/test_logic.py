@@ -122,7 +122,7 @@ def test_assigned_verdicts_compare_each_cell_with_its_shallow_control():
     assert "unigram 5.360 nats, bigram 3.850 nats" in text and "large enough for a model to leave the unigram plateau" in text
     assert "**learning** (1 of 2 cells)" in text and "**collapsed** (1 of 2 cells): `post_ln` 1000 layers" in text
     assert "Beat the shallow control: `pre_ln` 1000 layers (4.500 vs 4.600)" in text
-    assert "`post_ln` 1000 layers, lr 0.001, warmup 0, clip off: step 20" in text
+    assert "`post_ln` 1000 layers, lr 0.001, warmup 0, clip off, seed 0: step 20" in text
 
 
 def test_a_control_that_stays_at_unigram_says_the_budget_is_too_small():
@@ -132,11 +132,25 @@ def test_a_control_that_stays_at_unigram_says_the_budget_is_too_small():
     assert "budget is too small to compare anything" in text
 
 
+def judged(*rows, unigram=7.0):
+    for each in rows:
+        each["verdict"], each["verdict_detail"] = classify(each, unigram)
+    return list(rows)
+
+
 def test_the_depth_reading_says_when_the_grid_does_not_bracket_an_optimum():
-    edge = depth_reading([row("x", 6, 5.0), row("x", 24, 5.2), row("x", 96, 5.4)], "budget")
+    baselines = {**BASELINES, "unigram": 7.0}
+    edge = depth_reading(judged(row("x", 6, 5.0), row("x", 24, 5.2), row("x", 96, 5.4)), "budget", baselines)
     assert any("shallowest" in bullet and "does not bracket" in bullet for bullet in edge)
-    interior = depth_reading([row("x", 6, 5.3), row("x", 24, 5.0), row("x", 96, 5.4)], "budget")
+    interior = depth_reading(judged(row("x", 6, 5.3), row("x", 24, 5.0), row("x", 96, 5.4)), "budget", baselines)
     assert any("between 6 and 96 layers" in bullet and "margin 0.300" in bullet for bullet in interior)
+
+
+def test_the_depth_reading_leaves_out_depths_that_did_not_learn():
+    rows = judged(row("x", 6, 5.0), row("x", 24, 4.9, gain=0.0), row("x", 1000, 6.95))
+    text = "\n".join(depth_reading(rows, "budget", {**BASELINES, "unigram": 7.0}))
+    assert "24 layers **collapsed**" in text and "1000 layers **collapsed**" in text
+    assert "Lowest final validation loss: 6 layers" in text
 
 
 def test_first_difference_names_the_changed_key():
@@ -193,3 +207,18 @@ def test_a_study_folder_keeps_the_cells_of_earlier_runs_unless_the_settings_chan
     longer = base_config("gpt-tiny", None, None, ["train.max_steps=99"])
     with pytest.raises(KiloError, match="max_steps"):
         check_unchanged(tmp_path, earlier_cells(tmp_path, longer, stability_cells(longer, StabilityGrid(schemes=("post_ln",), depths=(4,), lrs=(1e-3,)))))
+
+
+def test_report_only_reads_finished_cells_and_runs_nothing(tmp_path):
+    from kilolayer.study.baselines import Baselines
+    from kilolayer.study.shared import run_study
+
+    cells = [Cell(name, {}, {"model": {"arch": "gpt"}, "train": {"max_steps": 5}}) for name in ("done", "todo")]
+    for cell in cells:
+        (tmp_path / "cells" / cell.id).mkdir(parents=True)
+        (tmp_path / "cells" / cell.id / "cell.json").write_text(json.dumps({"id": cell.id, "axes": {}, "config": cell.config, "zero_shot": None}))
+    (tmp_path / "cells" / "done" / "result.json").write_text(json.dumps({"id": "done", "axes": {}, "status": "trained"}))
+    baselines = Baselines(5.0, 4.0, 0.1, 0.1, 100, 10)
+    outcome = run_study(tmp_path, {}, "data", baselines, cells, jobs=1, threads_per_cell=1, progress=False, report_only=True)
+    assert [record["id"] for record in outcome.records] == ["done"] and outcome.pending == ("todo",)
+    assert not (tmp_path / "study.json").exists() and not (tmp_path / "cells" / "todo" / "run").exists()

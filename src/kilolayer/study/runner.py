@@ -57,6 +57,7 @@ class Outcome:
     failures: dict[str, str]  # cell id → why it failed, and where its log is
     data: str = ""  # what the cells trained on (corpus, tokens, tokenizer)
     baselines: dict | None = None  # unigram / bigram cross-entropies of the validation batches (``baselines.py``)
+    pending: tuple[str, ...] = ()  # cells not finished yet (a report written with --report-only)
 
 
 def available_cpus() -> int:

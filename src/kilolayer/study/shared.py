@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..presets import apply_overrides, build_model_config, merge, resolve_config
 from .baselines import Baselines, study_baselines
-from .runner import Cell, Outcome, check_unchanged, run_cells, write_json_atomic
+from .runner import Cell, Outcome, check_unchanged, read_record, run_cells, write_json_atomic
 
 # What a study cell needs from the engine, beneath the user's --set: a divergence recorded, not rescued by the
 # guard; no wall-clock stop (every cell gets the same step budget); a loss every step, per-layer norms every 10;
@@ -63,15 +63,32 @@ def prepare_study(base: dict) -> tuple[dict, str, Baselines]:
 
 
 def run_study(
-    study_dir: Path, base: dict, data: str, baselines: Baselines, cells: list[Cell], jobs: int, threads_per_cell: int, progress: bool
+    study_dir: Path,
+    base: dict,
+    data: str,
+    baselines: Baselines,
+    cells: list[Cell],
+    jobs: int,
+    threads_per_cell: int,
+    progress: bool,
+    report_only: bool = False,
 ) -> Outcome:
-    """Check every cell's config, record the shared settings and baselines in study.json, run the cells that have no result."""
+    """Check every cell's config, record the shared settings and baselines in study.json, run the cells that have no result.
+
+    ``report_only``: run nothing and write nothing but the outcome of the cells finished so far (safe beside a
+    running study of the same folder), the others listed as pending.
+    """
     from ..train.config import TrainConfig
 
     for cell in cells:  # a typo in --set fails here, once, not in every worker
         build_model_config(cell.config["model"])
         TrainConfig.from_dict(cell.config["train"])
     check_unchanged(study_dir, cells)  # a refused re-run leaves study.json as it was
+    if report_only:
+        found = {cell.id: read_record(study_dir / "cells" / cell.id) for cell in cells}
+        records = [record for record in found.values() if record is not None]
+        pending = tuple(cell_id for cell_id, record in found.items() if record is None)
+        return Outcome(records, {}, data=data, baselines=baselines.to_dict(), pending=pending)
     study_dir.mkdir(parents=True, exist_ok=True)
     record = {"base": base, "data": data, "baselines": baselines.to_dict(), "cells": [cell.id for cell in cells]}
     write_json_atomic(study_dir / "study.json", record)

@@ -129,7 +129,7 @@ def _group(row: dict) -> tuple:
 
 
 def run_stability(
-    base: dict, grid: StabilityGrid, out_dir: Path, jobs: int, threads_per_cell: int, progress: bool = True
+    base: dict, grid: StabilityGrid, out_dir: Path, jobs: int, threads_per_cell: int, progress: bool = True, report_only: bool = False
 ) -> Outcome:
     """Run (or resume) the grid, then write results.csv, curves.csv, the figures and report.md into ``out_dir``.
 
@@ -138,7 +138,8 @@ def run_stability(
     """
     base, data, baselines = prepare_study(base)
     cells = stability_cells(base, grid)
-    outcome = run_study(out_dir, base, data, baselines, cells + earlier_cells(out_dir, base, cells), jobs, threads_per_cell, progress)
+    cells += earlier_cells(out_dir, base, cells)
+    outcome = run_study(out_dir, base, data, baselines, cells, jobs, threads_per_cell, progress, report_only)
     if outcome.records:
         write_stability_outputs(out_dir, base, outcome)
     return outcome
@@ -222,6 +223,8 @@ def stability_markdown(base: dict, rows: list[dict], figures: list[tuple[str, tu
     ]
     for combination, names in figures:
         lines += [f"### {combination}", "", *[f"![{name}]({name})" for name in names], ""]
+    if outcome.pending:
+        lines += ["## Cells not finished yet", "", *[f"- `{cell}`" for cell in outcome.pending], ""]
     if outcome.failures:
         lines += ["## Cells that failed to run", "", *[f"- `{cell}`: {message}" for cell, message in outcome.failures.items()], ""]
     lines += settings_section(base, VARIED)
