@@ -202,6 +202,30 @@ def test_labels_are_shifted_so_no_position_sees_its_own_target():
     assert torch.equal(model.prepare_decoder_input_ids_from_labels(torch.tensor([[7, 8, -100]])), torch.tensor([[START, 7, 8]]))
 
 
+def gradients(model, **inputs):
+    model.zero_grad()
+    loss = model(**inputs).loss
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_fused_loss_and_activation_checkpointing_give_the_plain_loss_and_gradients():
+    model = tiny_encdec("deepnorm", tie_word_embeddings=False).train()
+    inputs = dict(input_ids=torch.randint(3, 61, (2, 8)), labels=torch.randint(3, 61, (2, 5)))
+    inputs["labels"][1, 3:] = -100
+    plain_loss, plain = gradients(model, **inputs)
+    model.config.fused_loss = True
+    assert model(**inputs).logits is None  # the fused path ran
+    fused_loss, fused = gradients(model, **inputs)
+    model.config.fused_loss = False
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed_loss, checkpointed = gradients(model, **inputs)
+    for loss, grads in ((fused_loss, fused), (checkpointed_loss, checkpointed)):
+        torch.testing.assert_close(loss, plain_loss)
+        for grad, expected in zip(grads, plain, strict=True):
+            torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------- export
 
 
