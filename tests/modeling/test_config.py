@@ -54,3 +54,17 @@ def test_family_defaults():
     assert (gpt.type_vocab_size, gpt.embedding_norm, gpt.is_causal) == (0, False, True)
     assert (bert.type_vocab_size, bert.embedding_norm, bert.is_causal) == (2, True, False)
     assert gpt.ffn_size == 4 * 32
+
+
+def test_unknown_keywords_raise_but_transformers_own_keys_pass(tmp_path):
+    import pytest
+    from transformers import AutoConfig
+
+    with pytest.raises(TypeError, match="unknown keyword 'num_layer'; did you mean num_layers"):
+        KiloConfig(num_layer=3)
+    with pytest.raises(ValueError, match="hidden_act 'bogus'"):
+        KiloConfig(hidden_act="bogus")
+    config = KiloConfig(num_layers=2, hidden_size=32, num_heads=2, vocab_size=100, num_labels=3, torch_dtype="float32")
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path, output_hidden_states=True, attn_implementation="sdpa")
+    assert (loaded.num_layers, loaded.num_labels, loaded.output_hidden_states) == (2, 3, True)

@@ -82,12 +82,12 @@ def resolve_tokenizer(spec: str, arch: str, files: list[Path], vocab_size: int, 
 def _load_reference(name: str, data_dir: Path | None) -> PreTrainedTokenizerFast:
     reference = reference_data_dir(data_dir)
     if reference is None:
-        raise KiloError(f"tokenizer {name!r} is read from <reference data>/tokenizers/{name}/; set KILOLAYER_DATA (or --data-dir) to the data folder, or use tokenizer: train")
+        raise KiloError(f"tokenizer {name!r} is read from <reference data>/tokenizers/{name}/; set KILOLAYER_DATA to the reference data folder (layout of shared/data), or use train.tokenizer=train")
     folder = reference / "tokenizers" / name
     paths = [folder / file_name for file_name in REFERENCE_TOKENIZERS[name]]
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
-        raise KiloError(f"tokenizer {name!r}: {', '.join(missing)} not found; check KILOLAYER_DATA / --data-dir")
+        raise KiloError(f"tokenizer {name!r}: {', '.join(missing)} not found; point KILOLAYER_DATA at the reference data folder (layout of shared/data)")
     # transformers 5 takes vocab=/merges= paths; the old vocab_file= keyword silently builds an empty tokenizer.
     if name == "gpt2":
         from transformers import GPT2TokenizerFast

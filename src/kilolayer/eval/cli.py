@@ -70,11 +70,17 @@ def run_eval(args) -> int:
     import json
     import logging
 
-    from ..paths import data_dir
+    from ..paths import check_writable_folder, data_dir
+    from .model_folder import pick_device
     from .report import write_json, zero_shot_markdown
     from .zeroshot import evaluate_folder, parse_tasks
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its warnings about in-memory models are noise here
+    out = args.out or args.model_dir / "eval"
+    check_writable_folder(out, "--out")  # before the work, not after it
+    pick_device(args.device)
+    if args.perplexity:
+        _check_text_file(Path(args.perplexity), "--perplexity")
     tasks = parse_tasks(args.tasks or DEFAULT_TASKS) if args.tasks or not args.perplexity else []
     record = evaluate_folder(
         args.model_dir,
@@ -87,7 +93,6 @@ def run_eval(args) -> int:
         log_samples=args.log_samples,
         device=args.device,
     )
-    out = args.out or args.model_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     for task, result in record.get("tasks", {}).items():
         samples = result.pop("samples", None)
@@ -101,15 +106,27 @@ def run_eval(args) -> int:
     return 0
 
 
+def _check_text_file(path: Path, flag: str) -> None:
+    """A readable UTF-8 text file (a binary file would be scored as mojibake)."""
+    if not path.is_file():
+        raise KiloError(f"{flag} {path}: no such file; give a UTF-8 text file")
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise KiloError(f"{flag} {path} is not UTF-8 text (byte {error.start}); give a plain text file") from None
+    except OSError as error:
+        raise KiloError(f"{flag} {path} cannot be read ({error.strerror})") from None
+
+
 def run_finetune(args) -> int:
     from ..paths import data_dir
     from .finetune import finetune
 
+    out = args.out or args.model_dir / f"finetune-{args.task}"
     reference = data_dir(args.data_dir)
     if reference is None:
         raise KiloError(f"no data folder for {args.task}; give --data-dir or set KILOLAYER_DATA (layout of shared/data: glue/{args.task}/...)")
     options = {"lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len, "eval_every": args.eval_every, "seed": args.seed}
-    out = args.out or args.model_dir / f"finetune-{args.task}"
     record = finetune(
         args.model_dir,
         args.task,

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..errors import KiloError
+from ..paths import check_writable_folder
 from .metrics import binary_metrics
 from .task_data import read_jsonl
 
@@ -116,6 +117,7 @@ def check_out_dir(out_dir: Path, model_dir: Path) -> None:
         raise KiloError(f"--out {out_dir} is a file; give a folder")
     if Path(model_dir).resolve().is_relative_to(out_dir.resolve()):
         raise KiloError(f"--out {out_dir} holds the model being fine-tuned ({model_dir}); choose another --out (default MODEL_DIR/finetune-TASK)")
+    check_writable_folder(out_dir, "--out")
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
         return
     if (out_dir / "config.yaml").is_file():
@@ -176,7 +178,7 @@ def finetune(
     from ..train.faults import Faults
     from ..train.loop import build_optimizer, first_difference
     from ..train.schedule import learning_rate
-    from .model_folder import load_config, load_folder_tokenizer, pick_device
+    from .model_folder import check_loaded, check_weights, load_config, load_folder_tokenizer, pick_device
     from .report import finetune_markdown, write_json
     from . import text_to_text
 
@@ -184,6 +186,8 @@ def finetune(
     check_out_dir(out_dir, Path(model_dir))
     splits, splits_note = load_splits(task, data_dir, limit)
     config = load_config(model_dir)
+    check_weights(model_dir)
+    device = pick_device(device)
     # An encoder-decoder is fine-tuned text-to-text (text_to_text.py), the others with a classification head.
     encode_pairs, collate, predict_labels, auto_class = (
         (text_to_text.encode, text_to_text.collate, text_to_text.predict, AutoModelForSeq2SeqLM)
@@ -211,10 +215,11 @@ def finetune(
         if difference:
             raise KiloError(f"{found[0]} was fine-tuned with {difference}; resume with the same settings, or choose a new --out")
 
-    parallel = Parallel(device=pick_device(device))
+    parallel = Parallel(device=device)
     torch.manual_seed(train_config.seed)  # the classifier head's initialisation
     config.num_labels = 2
     model = auto_class.from_pretrained(model_dir, config=config).to(parallel.device)
+    check_loaded(model, tokenizer, model_dir)
     optimizer = build_optimizer(model, train_config, sharded=False)
     state = {"step": 0, "best_score": -math.inf, "best_step": 0, "evaluations_without_improvement": 0, "history": []}
     if found:

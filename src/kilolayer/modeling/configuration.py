@@ -8,8 +8,11 @@ later keeps exactly the constants it was trained with.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 
-from transformers import PretrainedConfig
+from transformers import GenerationConfig, PretrainedConfig
+from transformers.activations import ACT2FN
 
 from .schemes import DYT_ALPHA_INIT, SCHEMES, scheme_class
 
@@ -24,6 +27,16 @@ SCHEME_CONSTANTS = {
 }
 POSITIONS = ("learned", "rotary")
 ENCDEC_FIELDS = ("num_encoder_layers", "num_decoder_layers", "decoder_constants", "decoder_start_token_id")
+# Keys transformers itself passes to a config besides its fields (config.json, from_pretrained, Trainer, older
+# versions' attributes); anything else given to KiloConfig is a typo and raises.
+PRETRAINED_CONFIG_KEYS = frozenset(
+    {
+        "model_type", "auto_map", "num_labels", "torch_dtype", "name_or_path", "output_attentions", "attn_implementation",
+        "experts_implementation", "per_layer_config", "rope_scaling", "rope_theta", "is_decoder", "add_cross_attention",
+        "tie_encoder_decoder", "cross_attention_hidden_size", "pruned_heads", "tokenizer_class", "prefix", "sep_token_id",
+        "task_specific_params", "finetuning_task", "torchscript", "use_return_dict", "tf_legacy_loss", "use_bfloat16",
+    }
+)  # fmt: skip
 
 
 class KiloConfig(PretrainedConfig):
@@ -89,13 +102,27 @@ class KiloConfig(PretrainedConfig):
     eos_token_id: int | None = None
 
     def __post_init__(self, **kwargs):
+        self._reject_unknown_keys(kwargs)
         self._validate_and_complete()
         super().__post_init__(**kwargs)
+
+    def _reject_unknown_keys(self, kwargs: dict) -> None:
+        """A keyword that is neither a KiloConfig field nor one transformers passes (``num_layer=3``) is a TypeError."""
+        fields = {field.name for field in dataclasses.fields(self)}
+        known = fields | set(self.attribute_map) | PRETRAINED_CONFIG_KEYS | set(GenerationConfig().to_dict())
+        for key in kwargs:
+            if key not in known and not key.startswith("_"):
+                close = difflib.get_close_matches(key, sorted(fields), n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise TypeError(f"KiloConfig got an unknown keyword {key!r}{hint}")
 
     def _validate_and_complete(self) -> None:
         """Check every field, then fill the defaults that depend on others (never overwriting)."""
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.hidden_act not in ACT2FN:
+            close = difflib.get_close_matches(str(self.hidden_act), sorted(ACT2FN), n=3)
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not an activation transformers knows; use one of {', '.join(close or ['gelu', 'gelu_new', 'relu', 'silu'])}")
         for name in ("num_layers", "hidden_size", "num_heads", "vocab_size", "max_positions"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

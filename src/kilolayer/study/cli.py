@@ -103,9 +103,12 @@ def _settings(args: argparse.Namespace):
     from pathlib import Path
 
     from ..errors import KiloError
+    from ..paths import check_writable_folder
     from .runner import default_jobs
     from .shared import base_config
 
+    if args.out:
+        check_writable_folder(Path(args.out), "--out")  # before the corpus is tokenized
     base = base_config(args.preset or ARCH_PRESETS[args.arch or "gpt"], args.config, args.data, args.overrides)
     arch = base["model"]["arch"]
     if args.arch and arch != args.arch:
@@ -113,6 +116,7 @@ def _settings(args: argparse.Namespace):
     if args.threads_per_cell < 1 or (args.jobs is not None and args.jobs < 1):
         raise KiloError("--jobs and --threads-per-cell must be at least 1")
     out = Path(args.out or args.default_out.format(arch=arch))
+    check_writable_folder(out, "--out")  # the default folder
     return base, out, args.jobs or default_jobs(args.threads_per_cell)
 
 

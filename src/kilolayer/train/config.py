@@ -39,7 +39,7 @@ class TrainConfig:
     data: str | None = None  # corpus file or folder; None → $KILOLAYER_DATA/corpus, else the embedded default
     tokenizer: str = "train"  # "gpt2" | "bert-base-uncased" | an HF tokenizer folder | "train" (fit on the corpus)
     tokenizer_vocab_size: int = 4096  # size of a tokenizer trained on the corpus
-    valid_fraction: float = 0.01  # share of documents held out for validation (deterministic)
+    valid_fraction: float = 0.01  # share of documents held out for validation (deterministic); 0 only with eval_every 0
     seq_len: int = 128
     batch_size: int = 8  # sequences per rank per micro-step
     grad_accum: int = 1
@@ -116,10 +116,17 @@ class TrainConfig:
         for key in positive:
             if not getattr(self, key) > 0:
                 raise KiloError(f"train key {key!r} must be > 0, got {getattr(self, key)!r}")
-        fractions = ("valid_fraction", "mlm_probability", "adam_beta1", "adam_beta2", "rollback_lr_factor")
+        fractions = ("mlm_probability", "adam_beta1", "adam_beta2", "rollback_lr_factor")
         for key in fractions:
             if not 0 < getattr(self, key) < 1:
                 raise KiloError(f"train key {key!r} must be in (0, 1), got {getattr(self, key)!r}")
+        if not 0 <= self.valid_fraction < 1:
+            raise KiloError(f"train key 'valid_fraction' must be in [0, 1), got {self.valid_fraction!r}")
+        if self.valid_fraction == 0 and self.eval_every:
+            raise KiloError(
+                f"train.valid_fraction=0 holds out no validation text, but train.eval_every is {self.eval_every}; "
+                "set train.eval_every=0 to train without validation, or a valid_fraction such as 0.01"
+            )
         if not 0 <= self.min_lr_ratio <= 1:
             raise KiloError(f"train key 'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio!r}")
         if self.weight_decay < 0 or (self.grad_clip or 0) < 0:

@@ -27,6 +27,7 @@ import yaml
 
 from .. import __version__, atomic
 from ..errors import KiloError
+from ..paths import check_writable_folder
 from ..modeling import PRETRAINING_CLASSES, KiloConfig
 from ..presets import build_model_config
 from . import checkpoint, distributed
@@ -110,6 +111,15 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, sharded: bool) 
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps, **kernel)
 
 
+def check_positions(model_config: KiloConfig, config: TrainConfig) -> None:
+    """A learned position table must cover train.seq_len (rotary positions have no table)."""
+    if model_config.position_embedding == "learned" and config.seq_len > model_config.max_positions:
+        raise KiloError(
+            f"train.seq_len {config.seq_len} exceeds model.max_positions {model_config.max_positions} (learned positions); "
+            f"set --set model.max_positions={config.seq_len} or a train.seq_len of at most {model_config.max_positions}"
+        )
+
+
 class Trainer:
     """One run: set up in ``__init__`` (all input checks first, nothing written on bad input), then ``run()``."""
 
@@ -117,7 +127,7 @@ class Trainer:
         self.started = time.monotonic()
         self.config = TrainConfig.from_dict(config.get("train") or {})
         model_input = dict(config.get("model") or {})
-        build_model_config(model_input)  # a model typo fails before any data preparation
+        check_positions(build_model_config(model_input), self.config)  # a model typo fails before any data preparation
         self.parallel = distributed.setup(self.config.distributed)
         self.process_settings = ProcessSettings(self.parallel.device)
         self.process_settings.apply()
@@ -135,6 +145,9 @@ class Trainer:
         self.warnings: list[str] = []
         self.warned_idle_blocks = False
         self.faults = Faults()
+        check_writable_folder(out_dir, "--out")
+        if data is None:
+            check_writable_folder(default_cache_dir(), "the token cache (KILOLAYER_CACHE)")
         self.resume_from = self._find_resume(resume)
 
         if data is None:
@@ -149,7 +162,6 @@ class Trainer:
         self.model_config = build_model_config(model_input, vocab_size=len(tokenizer), **token_ids, **training_defaults)
         self.resolved = {"model": model_section(self.model_config), "train": self.config.to_dict()}
         self._check_same_run()
-        self._write_config()
 
         self._seed_everything(self.config.seed)
         self.model_class = PRETRAINING_CLASSES[self.model_config.arch]
@@ -170,7 +182,7 @@ class Trainer:
         world = self.parallel.world_size
         self.train_batches = data.batches("train", self.config.batch_size, self.config.seq_len, self.config.seed, self.parallel.rank, world)
         # A fixed validation set (seed 0, one process's order): comparable across seeds and world sizes.
-        self.valid_batches = data.batches("valid", self.config.batch_size, self.config.seq_len, 0, 0, 1)
+        self.valid_batches = data.batches("valid", self.config.batch_size, self.config.seq_len, 0, 0, 1) if self.config.eval_every else None
         self.tokens_per_micro_batch = self.config.batch_size * self.config.seq_len
 
         self.step = 0
@@ -181,6 +193,7 @@ class Trainer:
         if self.resume_from is not None:
             self._load(*self.resume_from, restore_rng=True)
             self.saved_at = (self.step, self.next_batch)
+        self._write_config()  # every check has passed: the run folder is created now, not before
         self.metrics = MetricsLog(out_dir, self.parallel.is_main, self.step if self.resume_from else None)
 
         self.window = {"losses": [], "grad_norms": [], "seconds": 0.0, "tokens": 0}
