@@ -26,6 +26,10 @@ def register(subparsers) -> None:
     stability.add_argument("--lrs", default="1e-3,3e-3,1e-2", help="comma-separated peak learning rates (default: 1e-3,3e-3,1e-2)")
     stability.add_argument("--warmups", help="comma-separated warmup step counts (default: the preset's train.warmup_steps)")
     stability.add_argument("--clips", help="comma-separated gradient-clipping norms, 'off' for none (default: the preset's train.grad_clip)")
+    stability.add_argument(
+        "--report-only", action="store_true",
+        help="run nothing: write the report from the cells finished so far (safe while the study runs)",
+    )  # fmt: skip
     stability.add_argument("--seeds", help="comma-separated seeds; each combination runs once per seed (default: the preset's train.seed)")
     stability.add_argument(
         "--control", default="pre_ln:12",
@@ -174,7 +178,7 @@ def stability_command(args: argparse.Namespace) -> int:
         seeds=_split(args.seeds, int, "seeds") if args.seeds else (None,),
         control=_control(args.control, SCHEMES),
     )
-    outcome = run_stability(base, grid, out, jobs, args.threads_per_cell, progress=not args.no_progress)
+    outcome = run_stability(base, grid, out, jobs, args.threads_per_cell, progress=not args.no_progress, report_only=args.report_only)
     return _summary(outcome, out)
 
 
@@ -222,6 +226,7 @@ def _summary(outcome, out) -> int:
     diverged = sum(record["diverged"] for record in outcome.records)
     print(
         f"{len(outcome.records)} cells finished ({diverged} diverged; the verdicts against the baselines are in the report)"
+        + (f", {len(outcome.pending)} not finished yet" if outcome.pending else "")
         + (f" → {out / 'report.md'}" if outcome.records else "")
     )
     for cell, message in outcome.failures.items():
