@@ -50,6 +50,10 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # final LR of cosine/linear decay, relative to lr
     warmup_steps: int = 100
+    # The step where cosine/linear decay reaches its floor. None: the max_steps of the run's first invocation,
+    # stored in config.yaml, so a run resumed with a larger max_steps continues the same schedule (at the floor
+    # past the horizon) instead of jumping back up. Set it above max_steps to plan a run you will extend.
+    decay_steps: int | None = None
     schedule: str = "cosine"  # cosine | linear | inverse_sqrt | constant
     weight_decay: float = 0.01  # on matrices and embeddings only (not biases, norms, gates)
     adam_beta1: float = 0.9
@@ -131,6 +135,8 @@ class TrainConfig:
             raise KiloError(f"train key 'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio!r}")
         if self.weight_decay < 0 or (self.grad_clip or 0) < 0:
             raise KiloError("train keys 'weight_decay' and 'grad_clip' must be ≥ 0")
+        if self.decay_steps is not None and self.decay_steps < 1:
+            raise KiloError(f"train key 'decay_steps' must be ≥ 1 or null, got {self.decay_steps!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise KiloError(f"train key 'max_minutes' must be > 0 or null, got {self.max_minutes!r}")
 

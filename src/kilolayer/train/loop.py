@@ -89,10 +89,13 @@ def model_section(model_config: KiloConfig) -> dict:
 
 
 def first_difference(saved: dict, current: dict) -> str | None:
-    """The first setting (section.key=value) that differs between two resolved configs, resumable keys aside."""
+    """The first setting (section.key=value) that differs between two resolved configs, resumable keys aside.
+
+    A key the saved config lacks is a setting added to kilolayer after the run started: not a difference.
+    """
     for section in ("model", "train"):
         old, new = saved.get(section) or {}, current.get(section) or {}
-        for key in sorted(set(old) | set(new)):
+        for key in sorted(old):
             if section == "train" and key in RESUMABLE_KEYS:
                 continue
             if old.get(key) != new.get(key):
@@ -160,6 +163,8 @@ class Trainer:
         token_ids = {key: value for key, value in token_ids.items() if value is not None and key not in model_input}
         training_defaults = {"fused_loss": True} if "fused_loss" not in model_input else {}  # the export turns it off
         self.model_config = build_model_config(model_input, vocab_size=len(tokenizer), **token_ids, **training_defaults)
+        if self.config.decay_steps is None:
+            self.config.decay_steps = self._stored_horizon() or self.config.max_steps
         self.resolved = {"model": model_section(self.model_config), "train": self.config.to_dict()}
         self._check_same_run()
 
@@ -251,8 +256,15 @@ class Trainer:
             )
         return folder, meta
 
-    def _check_same_run(self) -> None:
-        """An existing run (config.yaml) or the resumed checkpoint must have been trained with this config."""
+    def _stored_horizon(self) -> int | None:
+        """The decay horizon an existing run was started with: its decay_steps, else (runs from before decay_steps
+        existed) its max_steps; None for a new run."""
+        saved = self._saved_configs()
+        train = (saved[0][1].get("train") or {}) if saved else {}
+        return train.get("decay_steps") or train.get("max_steps")
+
+    def _saved_configs(self) -> list[tuple[Path, dict]]:
+        """(source, resolved config) of the existing run: its config.yaml and the checkpoint it resumes from."""
         saved = []
         if (self.out_dir / CONFIG_FILE).is_file():
             try:
@@ -261,7 +273,11 @@ class Trainer:
                 raise KiloError(f"{self.out_dir / CONFIG_FILE} is unreadable ({type(error).__name__}); choose a new --out") from None
         if self.resume_from is not None:
             saved.append((self.resume_from[0], self.resume_from[1].get("config") or {}))
-        for source, previous in saved:
+        return saved
+
+    def _check_same_run(self) -> None:
+        """An existing run (config.yaml) or the resumed checkpoint must have been trained with this config."""
+        for source, previous in self._saved_configs():
             difference = first_difference(previous, self.resolved)
             if difference:
                 raise KiloError(
@@ -662,7 +678,10 @@ class Trainer:
                 f"AdamW, lr {config.lr:g}, betas ({config.adam_beta1}, {config.adam_beta2}), eps {config.adam_eps:g}, "
                 f"weight decay {config.weight_decay:g}"
             ),
-            "schedule": f"{config.warmup_steps} warmup steps, then {config.schedule} (min_lr_ratio {config.min_lr_ratio:g})",
+            "schedule": (
+                f"{config.warmup_steps} warmup steps, then {config.schedule} decay until step {config.decay_steps} "
+                f"(min_lr_ratio {config.min_lr_ratio:g})"
+            ),
             "precision": config.precision + (", activation checkpointing" if config.activation_checkpointing else ""),
             "final train loss": f"{self.last_train_loss:.4f}" if self.last_train_loss is not None else "not measured",
             "final valid loss": valid,

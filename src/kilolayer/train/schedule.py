@@ -15,7 +15,8 @@ def lr_factor(config: TrainConfig, step: int) -> float:
     """The multiplier of ``config.lr`` at ``step``.
 
     warmup (s < W):  (s + 1) / W
-    then, with progress p = (s − W) / (max_steps − W) clamped to [0, 1] and floor m = min_lr_ratio:
+    then, with progress p = (s − W) / (D − W) clamped to [0, 1], D = decay_steps (max_steps when unset)
+    and floor m = min_lr_ratio:
       cosine:        m + (1 − m) · ½ (1 + cos πp)
       linear:        1 − (1 − m) · p
       inverse_sqrt:  √(max(W, 1) / (s + 1))     (fairseq's; no floor)
@@ -25,7 +26,8 @@ def lr_factor(config: TrainConfig, step: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     floor = config.min_lr_ratio
-    progress = min(max((step - warmup) / max(config.max_steps - warmup, 1), 0.0), 1.0)
+    horizon = config.decay_steps if config.decay_steps is not None else config.max_steps
+    progress = min(max((step - warmup) / max(horizon - warmup, 1), 0.0), 1.0)
     if config.schedule == "cosine":
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     if config.schedule == "linear":
