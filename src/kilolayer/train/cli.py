@@ -84,7 +84,13 @@ def pretrain_command(args: argparse.Namespace) -> int:
         f"{result.skipped_steps} skipped steps, {result.rollbacks} rollbacks"
     )
     print(f"run folder {out}: metrics.jsonl, tensorboard/, loss_curve.png, checkpoints/" + (", model/" if result.export_dir else ""))
+    if result.flagged_at is not None:
+        print(
+            f"kilolayer pretrain: warning: the smoothed loss is far above its best since step {result.flagged_at} (divergence flag); "
+            f"the last weights are exported all the same; see the events in {result.metrics_path}",
+            file=sys.stderr,
+        )
     if result.diverged:
-        print(f"kilolayer pretrain: the run diverged at step {result.diverged_at}; see the events in {result.metrics_path}", file=sys.stderr)
+        print(f"kilolayer pretrain: the run stopped on a non-finite loss at step {result.diverged_at}; see the events in {result.metrics_path}", file=sys.stderr)
         return EXIT_DIVERGED
     return 0

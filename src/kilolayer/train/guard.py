@@ -5,7 +5,10 @@ Guard, per optimizer step:
 * ``max_bad_steps`` such steps in a row → roll back to the last good checkpoint, LR × ``rollback_lr_factor``
   (the data position moves on past the bad batches, as PaLM does); after ``max_rollbacks`` the run stops;
 * with ``on_nonfinite: stop`` the first non-finite step ends the run as diverged (stability study);
-* loss > ``divergence_factor`` × running minimum → a divergence flag in the logs (and cleared when it falls back).
+* divergence flag: the smoothed loss (an exponential moving average, s ← 0.9·s + 0.1·loss, ~10 steps) above
+  ``divergence_factor`` × its reference, the lowest smoothed loss since the last reset, raises a flag in the
+  logs; it clears when s falls back. A rollback resets the reference (the run restarts from older weights).
+  The flag is a warning: it never stops the run or blocks the export of the last weights.
 
 The per-block diagnostics live in ``diagnostics.py``.
 """
@@ -25,9 +28,13 @@ class GuardState:
     skipped_steps: int = 0
     rollbacks: int = 0
     lr_scale: float = 1.0  # multiplies the scheduled LR; lowered at each rollback
-    running_min: float | None = None  # lowest finite loss so far
-    flagged_at: int | None = None  # step where the loss rose above divergence_factor × running_min (None: not now)
+    smoothed_loss: float | None = None  # exponential moving average of the finite step losses
+    reference_loss: float | None = None  # lowest smoothed loss since the start or the last rollback
+    flagged_at: int | None = None  # step where the smoothed loss rose above divergence_factor × reference (None: not now)
     diverged_at: int | None = None  # step of the non-finite loss that stopped the run
+
+
+SMOOTHING = 0.9  # weight of the past in the smoothed loss: a spike of one step moves it by a tenth
 
 
 class StabilityGuard:
@@ -37,8 +44,8 @@ class StabilityGuard:
 
     @property
     def diverged(self) -> bool:
-        """The run ended non-finite, or its loss is still far above its best."""
-        return self.state.diverged_at is not None or self.state.flagged_at is not None
+        """The run stopped on a non-finite loss (the divergence flag is only a warning)."""
+        return self.state.diverged_at is not None
 
     def check(self, step: int, loss: float, grad_norm: float) -> tuple[str, list[dict]]:
         """The verdict on a computed step — "step", "skip", "rollback" or "stop" — and the events to log."""
@@ -65,17 +72,24 @@ class StabilityGuard:
         self.state.rollbacks += 1
         self.state.lr_scale *= self.config.rollback_lr_factor
         self.state.consecutive_bad = 0
+        self.reset_reference()
+
+    def reset_reference(self) -> None:
+        """Forget the smoothed loss and its reference (after a rollback the losses of older weights follow)."""
+        self.state.smoothed_loss = self.state.reference_loss = self.state.flagged_at = None
 
     def _watch_divergence(self, step: int, loss: float) -> list[dict]:
         state = self.state
-        state.running_min = loss if state.running_min is None else min(state.running_min, loss)
-        threshold = self.config.divergence_factor * state.running_min
-        if loss > threshold and state.flagged_at is None:
+        smoothed = loss if state.smoothed_loss is None else SMOOTHING * state.smoothed_loss + (1 - SMOOTHING) * loss
+        state.smoothed_loss = smoothed
+        state.reference_loss = smoothed if state.reference_loss is None else min(state.reference_loss, smoothed)
+        threshold = self.config.divergence_factor * state.reference_loss
+        if smoothed > threshold and state.flagged_at is None:
             state.flagged_at = step
-            return [{"event": "divergence", "step": step, "loss": loss, "running_min": state.running_min}]
-        if loss <= threshold and state.flagged_at is not None:
+            return [{"event": "divergence", "step": step, "loss": loss, "smoothed_loss": smoothed, "reference_loss": state.reference_loss}]
+        if smoothed <= threshold and state.flagged_at is not None:
             state.flagged_at = None
-            return [{"event": "divergence_cleared", "step": step, "loss": loss}]
+            return [{"event": "divergence_cleared", "step": step, "loss": loss, "smoothed_loss": smoothed}]
         return []
 
     def state_dict(self) -> dict:
@@ -83,4 +97,6 @@ class StabilityGuard:
 
     @staticmethod
     def state_from(values: dict) -> GuardState:
-        return GuardState(**values)
+        """The state saved in a checkpoint (keys of older versions, such as running_min, are dropped)."""
+        known = {field.name for field in dataclasses.fields(GuardState)}
+        return GuardState(**{key: value for key, value in values.items() if key in known})

@@ -51,8 +51,9 @@ class TrainResult:
     final_train_loss: float | None  # mean train loss over the last logged window
     final_valid_loss: float | None
     best_valid_loss: float | None
-    diverged: bool  # stopped on a non-finite step, or ended with the loss flagged far above its minimum
+    diverged: bool  # stopped on a non-finite step
     diverged_at: int | None
+    flagged_at: int | None  # the divergence flag was up at the end, raised at this step (a warning; the model is exported)
     skipped_steps: int
     rollbacks: int
     wall_seconds: float  # this invocation, setup included
@@ -622,7 +623,7 @@ class Trainer:
             self._validate()
         self._save()
         export_dir = None
-        if config.export and not interrupted and not self.guard.diverged:
+        if config.export and not interrupted and not self.guard.diverged:  # the divergence flag never blocks it
             export_dir = self._export()
         wall = time.monotonic() - self.started
         result = TrainResult(
@@ -631,7 +632,8 @@ class Trainer:
             final_valid_loss=self.last_valid[1] if self.last_valid else None,
             best_valid_loss=self.best_valid_loss,
             diverged=self.guard.diverged,
-            diverged_at=self.guard.state.diverged_at if self.guard.state.diverged_at is not None else self.guard.state.flagged_at,
+            diverged_at=self.guard.state.diverged_at,
+            flagged_at=self.guard.state.flagged_at,
             skipped_steps=self.guard.state.skipped_steps,
             rollbacks=self.guard.state.rollbacks,
             wall_seconds=wall,
@@ -686,7 +688,13 @@ class Trainer:
             "final train loss": f"{self.last_train_loss:.4f}" if self.last_train_loss is not None else "not measured",
             "final valid loss": valid,
             "best valid loss": f"{self.best_valid_loss:.4f}" if self.best_valid_loss is not None else "not measured",
-            "stability guard": f"{self.guard.state.skipped_steps} skipped steps, {self.guard.state.rollbacks} rollbacks",
+            "stability guard": f"{self.guard.state.skipped_steps} skipped steps, {self.guard.state.rollbacks} rollbacks"
+            + (
+                f"; divergence flag up since step {self.guard.state.flagged_at} (smoothed loss above "
+                f"{config.divergence_factor:g} × its best)"
+                if self.guard.state.flagged_at is not None
+                else ""
+            ),
             "hardware": f"{self.parallel.world_size} × {self.parallel.device.type} ({platform.machine()}), torch {torch.__version__}",
             "training time": (
                 f"{self.train_seconds:,.0f} s in optimizer steps of the last session "
