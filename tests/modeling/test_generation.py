@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -192,7 +193,7 @@ def test_unknown_arguments_are_refused():
 REMOTE_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    sys.path.insert(0, sys.argv[3])  # a folder whose kilolayer.py raises ImportError, ahead of the editable install
+    sys.path.insert(0, sys.argv[2])  # a folder whose kilolayer.py raises ImportError, ahead of the editable install
     import torch
     try:
         import kilolayer
@@ -202,46 +203,49 @@ REMOTE_SCRIPT = textwrap.dedent(
         sys.exit("kilolayer is importable here: the test must run without it")
     from transformers import AutoModelForCausalLM
 
-    folder, out = sys.argv[1], sys.argv[2]
-    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
-    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-    inputs = torch.load(folder + "/prompts.pt")
     results = {}
-    for sample in (False, True):
-        torch.manual_seed(2)
-        output = model.generate(**inputs, max_new_tokens=%d, min_new_tokens=%d, do_sample=sample, top_k=0,
-                                return_dict_in_generate=True, output_logits=True)
-        results[str(sample)] = {"sequences": output.sequences.tolist(), "logits": torch.stack(output.logits, 1).tolist()}
-    json.dump(results, open(out, "w"))
+    for folder in sys.argv[3:]:
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        inputs = torch.load(folder + "/prompts.pt")
+        for sample in (False, True):
+            torch.manual_seed(2)
+            output = model.generate(**inputs, max_new_tokens=%d, min_new_tokens=%d, do_sample=sample, top_k=0,
+                                    return_dict_in_generate=True, output_logits=True)
+            results[f"{folder} {sample}"] = {"sequences": output.sequences.tolist(),
+                                             "logits": torch.stack(output.logits, 1).tolist()}
+    json.dump(results, open(sys.argv[1], "w"))
     """
     % (NEW_TOKENS, NEW_TOKENS)
 )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("position", ["learned", "rotary"])
-def test_generate_through_trust_remote_code_without_kilolayer(tmp_path, position):
-    model = context_gpt(position)
-    folder = tmp_path / "export"
-    model.save_pretrained(folder)
+def test_generate_through_trust_remote_code_without_kilolayer(tmp_path):
+    """Learned and rotary positions, greedy and sampled, in one Python that cannot import kilolayer."""
     ids, mask = left_padded_prompts()
-    torch.save({"input_ids": ids, "attention_mask": mask}, folder / "prompts.pt")
+    models = {}
+    for position in ("learned", "rotary"):
+        models[position] = context_gpt(position)
+        models[position].save_pretrained(tmp_path / position)
+        torch.save({"input_ids": ids, "attention_mask": mask}, tmp_path / position / "prompts.pt")
     script = tmp_path / "remote.py"
     script.write_text(REMOTE_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
-           "OMP_NUM_THREADS": "1"}
-    env.pop("PYTHONPATH", None)
     blocker = tmp_path / "no_kilolayer"
     blocker.mkdir()
     (blocker / "kilolayer.py").write_text("raise ImportError('kilolayer is hidden from this interpreter')\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)
     # -I: no PYTHONPATH, no user site, not the current folder
-    done = subprocess.run([sys.executable, "-I", str(script), str(folder), str(tmp_path / "out.json"), str(blocker)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-I", str(script), str(tmp_path / "out.json"), str(blocker), *(str(tmp_path / p) for p in models)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "out.json").read_text())
-    for sample, result in results.items():
-        output = type("Output", (), {})()
-        output.sequences = torch.tensor(result["sequences"])
-        output.logits = list(torch.tensor(result["logits"]).unbind(1))
+    assert len(results) == 4
+    for key, result in results.items():
+        folder, sample = key.rsplit(" ", 1)
+        output = SimpleNamespace(sequences=torch.tensor(result["sequences"]),
+                                 logits=list(torch.tensor(result["logits"]).unbind(1)))
+        model = models[os.path.basename(folder)]
         assert_context_matters(model, output, mask)
         assert_generation_equals_full_forwards(model, output, mask, greedy=sample == "False")

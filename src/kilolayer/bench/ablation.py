@@ -4,7 +4,7 @@
 
 Each variant switches one optimisation off on the same model and weights, without changing the
 library: the native one-kernel tanh-GELU instead of the sigmoid form (module swap), the loss over
-full logits instead of the fused head (the model's eval-mode path, dropout being 0), no reused
+full logits instead of the fused head (the ``fused_loss`` switch off), no reused
 logits buffer. Variants and the full model take turns, so each ratio is measured under the same
 machine load. Prints one line per variant: median step seconds and the change against "all on".
 """
@@ -35,10 +35,10 @@ def native_gelu(model):
 
 @contextlib.contextmanager
 def full_logits(model):
-    """The loss computed from the full (tokens x vocabulary) logits: the model's path outside training steps."""
-    model.eval()
+    """The loss computed from the full (tokens x vocabulary) logits: the ``fused_loss`` switch off."""
+    model.config.fused_loss = False
     yield
-    model.train()
+    model.config.fused_loss = True
 
 
 @contextlib.contextmanager

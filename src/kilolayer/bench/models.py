@@ -76,6 +76,7 @@ def build_model(implementation: str, family: str, size: Size) -> torch.nn.Module
             hidden_act=ACTIVATION[family],
             norm_eps=NORM_EPS[family],
             scheme="pre_ln" if family == "gpt" else "post_ln",
+            fused_loss=True,  # as kilolayer's trainer runs it
         )
         return (KiloForCausalLM if family == "gpt" else KiloForMaskedLM)(config)
     if family == "gpt":

@@ -4,9 +4,9 @@ A block is two sublayers, attention and FFN, each joined to the residual stream 
 (``schemes.py``). Read top to bottom: the Hugging Face calling conventions (cache, positions,
 losses), block, base model, then the three task heads.
 
-The forwards name every argument transformers' ``generate()`` and ``Trainer`` pass, from 5.4 (the
-first with dataclass configs, which ``KiloConfig`` is) to the current release: the KV cache as
-``cache`` (≥ 5.24) or ``past_key_values``. Anything else is a ``TypeError`` naming the argument.
+The forwards name every argument transformers' ``generate()`` and ``Trainer`` pass, from 5.6 (the
+floor: ``.ci/lowest.txt`` says why) to the current release: the KV cache as ``cache`` (≥ 5.24) or
+``past_key_values``. Anything else is a ``TypeError`` naming the argument.
 """
 
 from __future__ import annotations
