@@ -71,3 +71,13 @@ def test_mrpc_text_to_text_end_to_end_through_finetune(encdec_folder, shared_dat
     examples = text_to_text.encode(tokenizer, "mrpc", splits["test"], record["train_config"]["seq_len"])
     predictions = text_to_text.predict(model, tokenizer, examples, batch_size=32)
     assert binary_metrics([row["label"] for row in splits["test"]], predictions) == record["test_metrics"]
+
+
+def test_zero_shot_on_an_encoder_decoder_is_a_one_line_error(encdec_folder, shared_data):
+    from kilolayer.errors import KiloError
+    from kilolayer.eval.zeroshot import evaluate_folder
+
+    with pytest.raises(KiloError) as caught:
+        evaluate_folder(encdec_folder, ["piqa"], shared_data)
+    message = str(caught.value)
+    assert "encoder-decoder" in message and "causal" in message and "\n" not in message

@@ -75,13 +75,14 @@ def check_loaded(model, tokenizer, model_dir: str | Path) -> None:
 
 
 def load_causal_lm(model_dir: str | Path, purpose: str):
-    """(model in eval mode, tokenizer) for causal-LM scoring; a masked (BERT) model is a KiloError."""
+    """(model in eval mode, tokenizer) for causal-LM scoring; a masked (BERT) or encoder-decoder model is a KiloError."""
     from transformers import AutoModelForCausalLM
 
     config = load_config(model_dir)
     if not getattr(config, "is_causal", True):
         raise KiloError(
-            f"{model_dir} holds a masked ({config.arch}) model, but {purpose} scores continuations with a causal LM; "
+            f"{model_dir} holds {'an encoder-decoder' if config.arch == 'encdec' else 'a masked'} ({config.arch}) model, "
+            f"but {purpose} scores continuations with a causal LM; "
             f"evaluate a gpt model, or fine-tune this one with `kilolayer finetune`"
         )
     tokenizer = load_folder_tokenizer(model_dir)
