@@ -43,7 +43,7 @@ class DynamicTanh(nn.Module):
 
     def __init__(self, size: int, alpha_init: float, bias: bool = True):
         super().__init__()
-        self.alpha = nn.Parameter(torch.full((), float(alpha_init)))
+        self.alpha = nn.Parameter(torch.full((1,), float(alpha_init)))  # one element, not 0-dim: FSDP2 shards dim 0
         self.weight = nn.Parameter(torch.ones(size))
         self.bias = nn.Parameter(torch.zeros(size)) if bias else None
 
