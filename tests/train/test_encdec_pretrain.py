@@ -22,7 +22,11 @@ def test_encdec_tiny_pretrains_beats_the_target_unigram_and_exports(tmp_path, co
     result = run_cli("pretrain", "--preset", "encdec-tiny", "--data", str(corpus), "--out", str(out), *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    valid = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "valid"]
+    records = read_metrics(out / "metrics.jsonl")
+    valid = [r["loss"] for r in records if r["kind"] == "valid"]
+    layers = [r for r in records if r["kind"] == "layers"]
+    assert layers and all(len(r["activation_rms"]) == len(r["grad_norm"]) == 4 for r in layers)  # 2 encoder + 2 decoder blocks
+    assert all(0 < value < 100 for r in layers for value in r["activation_rms"])
     config = resolve_config("encdec-tiny", overrides=[f"train.data={corpus}", *SETTINGS])
     train_config = TrainConfig.from_dict(config["train"])
     baseline = study_baselines(prepare_data(train_config, "encdec", default_cache_dir()), train_config)
