@@ -14,7 +14,7 @@ from kilolayer.study.report import depth_reading, stability_reading
 from kilolayer.study.runner import Cell, first_difference, run_cells
 from kilolayer.study.shared import base_config
 from kilolayer.study.stability import StabilityGrid, assign_verdicts, stability_cells
-from kilolayer.study.verdicts import COLLAPSED, DIVERGED, LEARNING, UNDERUSED, classify
+from kilolayer.study.verdicts import COLLAPSED, DIVERGED, LEARNING, PLATEAU, UNDERUSED, classify
 
 
 def falling(steps=20, start=8.0):
@@ -91,7 +91,7 @@ BASELINES = {"unigram": 5.36, "bigram": 3.85, "valid_targets": 3968, "train_toke
 
 def test_the_verdicts_on_synthetic_cells():
     assert classify(row("a", 1000, 4.5), 5.36)[0] == LEARNING
-    assert classify(row("a", 1000, 5.30), 5.36)[0] == COLLAPSED  # below unigram, but by less than the margin
+    assert classify(row("a", 1000, 5.30), 5.36)[0] == PLATEAU  # uses its input, but less than the margin below unigram
     assert classify(row("a", 1000, 4.5, gain=0.0), 5.36)[0] == COLLAPSED  # low loss, yet input-independent
     assert classify(row("a", 1000, 4.5, live=0.4), 5.36)[0] == UNDERUSED
     assert classify(row("a", 1000, math.nan, NONFINITE, 12), 5.36) == (DIVERGED, "diverged (nonfinite) at step 12")
@@ -149,7 +149,7 @@ def test_the_depth_reading_says_when_the_grid_does_not_bracket_an_optimum():
 def test_the_depth_reading_leaves_out_depths_that_did_not_learn():
     rows = judged(row("x", 6, 5.0), row("x", 24, 4.9, gain=0.0), row("x", 1000, 6.95))
     text = "\n".join(depth_reading(rows, "budget", {**BASELINES, "unigram": 7.0}))
-    assert "24 layers **collapsed**" in text and "1000 layers **collapsed**" in text
+    assert "24 layers **collapsed**" in text and "1000 layers **plateau**" in text
     assert "Lowest final validation loss: 6 layers" in text
 
 

@@ -69,7 +69,7 @@ def test_a_2x2x1_grid_writes_csv_png_and_markdown(tmp_path, data_args):
         assert row["lr"] == "0.001" and row["steps"] == "4"
         assert math.isfinite(float(row["final_valid_loss"])) and float(row["final_valid_loss"]) < 2 * float(row["start_loss"])
         assert float(row["grad_norm_first_end"]) > 0 and float(row["update_norm_last_end"]) > 0
-        assert row["verdict"] in ("learning", "underused", "collapsed", "diverged") and row["context_gain"] != ""
+        assert row["verdict"] in ("learning", "underused", "plateau", "collapsed", "diverged") and row["context_gain"] != ""
         assert 0 <= float(row["live_fraction"]) <= 1
     curves = read_rows(out / "curves.csv")
     assert {row["curve"] for row in curves} >= {"train_loss", "valid_loss", "grad_norm_first", "grad_norm_last", "update_norm_first", "update_norm_last"}
@@ -148,5 +148,5 @@ def test_the_depth_study_keeps_the_parameter_budget_and_marks_the_best_depth(tmp
     assert_png(out / "depth_curve.png")
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "within" in report and "Baselines on the same" in report
-    assert {row["verdict"] for row in rows} == {"collapsed"}  # 4 steps leave every depth above the unigram baseline
+    assert {row["verdict"] for row in rows} <= {"collapsed", "plateau"}  # 4 steps leave every depth above the unigram baseline
     assert "No depth learned from its input beyond the unigram baseline" in report

@@ -109,7 +109,7 @@ def stability_reading(rows: list[dict], baselines: dict, steps: int, tokens_per_
     for row in rows:
         if not row.get("is_control"):
             by_verdict[row["verdict"]].append(row)
-    for verdict in ("learning", "underused", "collapsed", "diverged"):
+    for verdict in ("learning", "underused", "plateau", "collapsed", "diverged"):
         cells = by_verdict.get(verdict)
         if cells:
             listed = "; ".join(f"`{row['scheme']}` {layers(row['depth'])}, {combination_label(row)}: {row['verdict_detail']}" for row in cells)

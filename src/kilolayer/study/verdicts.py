@@ -7,8 +7,10 @@ So every cell is classified from four numbers measured on the study's own valida
 * ``diverged``: the loss became non-finite, or the smoothed training loss ended above its start
   (``metrics.find_divergence``);
 * ``collapsed``: finite, but not using its input: context gain (validation loss with each sequence's
-  context taken from another sequence, minus with its own) below ``MIN_CONTEXT_GAIN``, or a final
-  validation loss not at least ``MIN_GAIN_OVER_UNIGRAM`` below the unigram cross-entropy;
+  context taken from another sequence, minus with its own) below ``MIN_CONTEXT_GAIN``;
+* ``plateau``: uses its input (context gain above the threshold), but its final validation loss is
+  not at least ``MIN_GAIN_OVER_UNIGRAM`` below the unigram cross-entropy: not clearly learning yet,
+  a different failure from a collapse (often a model that is only slower than the control);
 * ``learning``: below the unigram baseline by the margin, context gain above the threshold, and at
   least ``MIN_LIVE_FRACTION`` of the blocks with a gradient RMS above Adam's ε at the last diagnostics;
 * ``underused``: learning from its input, but with most of the depth idle (fewer live blocks than
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import math
 
-DIVERGED, COLLAPSED, UNDERUSED, LEARNING = "diverged", "collapsed", "underused", "learning"
+DIVERGED, COLLAPSED, PLATEAU, UNDERUSED, LEARNING = "diverged", "collapsed", "plateau", "underused", "learning"
 MIN_GAIN_OVER_UNIGRAM = 0.10  # nats
 MIN_CONTEXT_GAIN = 0.10  # nats
 MIN_LIVE_FRACTION = 0.90
@@ -50,8 +52,10 @@ def classify(row: dict, unigram: float) -> tuple[str, str]:
     below_unigram = unigram - loss
     side = "below" if below_unigram >= 0 else "above"
     facts = f"{abs(below_unigram):.3f} nats {side} unigram, context gain {_number(gain)}"
-    if below_unigram < MIN_GAIN_OVER_UNIGRAM or gain is None or not gain >= MIN_CONTEXT_GAIN:
+    if gain is None or not gain >= MIN_CONTEXT_GAIN:
         return COLLAPSED, facts
+    if below_unigram < MIN_GAIN_OVER_UNIGRAM:
+        return PLATEAU, facts
     facts += f", {_percent(live)} of blocks live"
     if live is None or live < MIN_LIVE_FRACTION:
         return UNDERUSED, facts
