@@ -156,7 +156,7 @@ def test_signal_command_writes_numbers_figure_and_resumes(tmp_path, signal_cache
         assert len(cell["train_loss"]) == 2
         assert cell["measurements"][0]["probe_loss"] != cell["measurements"][1]["probe_loss"]  # it trained
     assert (out / "signal_L3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| pre_ln | 3 | 2 |" in (out / "summary.md").read_text()
+    assert "| pre_ln | 3 | 2 | " in (out / "summary.md").read_text()
 
     import kilolayer.study.signal as signal_module
 

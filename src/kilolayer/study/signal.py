@@ -24,11 +24,8 @@ import json
 import math
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 
 from ..errors import KiloError
-from ..train.process import flushes_denormals
 from .runner import write_json_atomic
 
 QUANTITIES = ("grad_norm", "stream_grad_norm", "activation_rms")
@@ -47,6 +44,8 @@ def exact_norm(tensors) -> float:
     Squaring the entries themselves underflows below ~1e-154 in float64 (and ~1e-19 in float32),
     which would report a tiny but nonzero gradient as 0. Non-finite entries give NaN or inf.
     """
+    import torch  # here, not at the top: ``kilolayer --help`` registers this command without loading torch
+
     tensors = [t.detach() for t in tensors if t is not None and t.numel()]
     if any(t.isnan().any() for t in tensors):
         return math.nan
@@ -59,6 +58,8 @@ def exact_norm(tensors) -> float:
 
 def causal_lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy, computed here in the model's dtype (the model's own loss casts to float32)."""
+    import torch.nn.functional as F
+
     hidden = model.model(input_ids=input_ids, use_cache=False).last_hidden_state
     logits = model.lm_head(hidden)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
@@ -96,6 +97,8 @@ def measure(model, batch: dict[str, torch.Tensor]) -> dict:
 
 def run_cell(model_section: dict, train: dict, steps: list[int], train_batches, probe: dict) -> dict:
     """Build one model in float64, measure it at step 0 and train it to each later step in ``steps``."""
+    import torch
+
     from ..presets import build_model_config
     from ..train.config import TrainConfig
     from ..train.loop import build_optimizer
@@ -134,9 +137,12 @@ def run_signal(base: dict, schemes: list[str], depths: list[int], steps: list[in
 
     Writes signal.json, signal.csv, one figure per depth (signal_L{depth}.png) and summary.md.
     """
+    import torch
+
     from ..data import prepare_data
     from ..train.config import TrainConfig
     from ..train.loop import default_cache_dir
+    from ..train.process import flushes_denormals
     from .shared import load_json
 
     train = base["train"]
@@ -277,17 +283,19 @@ def summary_markdown(cells: list[dict], settings: dict) -> str:
         f"({train['schedule']}, warmup {train['warmup_steps']}), clip {train['grad_clip']}, seed {train['seed']}. "
         f"Data: {settings['data']}. Probe: the first validation batch.",
         "",
-        "`grad first/last`: ‖∂L/∂θ‖ of the first and last block; `decades`: log10(first / last); "
-        "`stream first`: ‖∂L/∂h‖ after the first block; `rms last`: RMS of the last block's output.",
+        "`train loss`: the loss of the step's own training batch; `grad first/last`: ‖∂L/∂θ‖ of the first and last "
+        "block; `decades`: log10(first / last); `stream first`: ‖∂L/∂h‖ after the first block; `rms last`: RMS of "
+        "the last block's output.",
         "",
-        "| scheme | depth | step | probe loss | grad first | grad last | decades | stream first | rms last |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scheme | depth | step | train loss | probe loss | grad first | grad last | decades | stream first | rms last |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in cells:
         for m in cell["measurements"]:
             gap = decades(m["grad_norm"][0], m["grad_norm"][-1])
+            train_loss = f"{cell['train_loss'][m['step'] - 1]:.3f}" if 0 < m["step"] <= len(cell["train_loss"]) else "—"
             lines.append(
-                f"| {cell['scheme']} | {cell['depth']} | {m['step']} | {m['probe_loss']:.3f} | {m['grad_norm'][0]:.2e} | "
+                f"| {cell['scheme']} | {cell['depth']} | {m['step']} | {train_loss} | {m['probe_loss']:.3f} | {m['grad_norm'][0]:.2e} | "
                 f"{m['grad_norm'][-1]:.2e} | {'—' if gap is None else f'{gap:+.1f}'} | {m['stream_grad_norm'][0]:.2e} | "
                 f"{m['activation_rms'][-1]:.3g} |"
             )
