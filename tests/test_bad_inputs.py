@@ -126,6 +126,9 @@ COMMAND_CASES = [
     (["finetune", "{w}/corrupt-header", *FINETUNE, "--out", "{w}/new"], "not a readable safetensors file"),
     (["finetune", "{w}/gpt", *FINETUNE, "--out", "{w}/new", "--device", "cuda:7"], "--device cuda:7"),
     (["finetune", "{w}/gpt", "--task", "mrpc", "--data-dir", "{w}/nowhere", "--out", "{w}/new"], "not a folder"),
+    (["finetune", "{w}/gpt", *FINETUNE, "--out", "{w}/new", "--set", "model.num_layers=3"], "takes its model from MODEL_DIR"),
+    (["finetune", "{w}/gpt", *FINETUNE, "--out", "{w}/new", "--set", "train.max_steps=5"], "give --epochs instead"),
+    (["finetune", "{w}/gpt", *FINETUNE, "--out", "{w}/new", "--set", "train.lrr=1e-3"], "did you mean lr"),
     # eval
     (["eval", "{w}/gpt", "--perplexity", "{w}/binary.txt", "--out", "{w}/new"], "is not UTF-8 text"),
     (["eval", "{w}/gpt", "--perplexity", "{w}/nowhere.txt", "--out", "{w}/new"], "no such file"),

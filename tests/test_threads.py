@@ -54,3 +54,17 @@ def test_the_cli_sets_threads_and_wait_policy_before_torch_is_imported():
     )
     assert run_python(code) == "1 PASSIVE"
     assert run_python(code, OMP_WAIT_POLICY="ACTIVE") == "1 ACTIVE"  # the user's wait policy is kept
+
+
+def test_the_run_banner_reports_why_the_cli_chose_its_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "load_average", lambda: 50.0)
+    monkeypatch.setattr(threads, "_applied", None)
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        applied = threads.apply_thread_policy()
+        assert threads.current_policy() == applied and applied.reason.startswith("load 50.0")
+    finally:
+        torch.set_num_threads(before)

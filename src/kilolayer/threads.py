@@ -70,6 +70,9 @@ def choose_threads(explicit: int | None = None, environ: dict | None = None) -> 
     return ThreadChoice(threads_for_load(cpus, load), wait_policy, f"load {load:.1f} on {cpus} CPUs")
 
 
+_applied: ThreadChoice | None = None  # what apply_thread_policy set in this process
+
+
 def apply_thread_policy(explicit: int | None = None) -> ThreadChoice:
     """Set OMP_NUM_THREADS and OMP_WAIT_POLICY for this process and its children (study cells, bench workers).
 
@@ -84,4 +87,13 @@ def apply_thread_policy(explicit: int | None = None) -> ThreadChoice:
     os.environ["OMP_WAIT_POLICY"] = choice.wait_policy
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(choice.threads)
+    global _applied
+    _applied = choice
     return choice
+
+
+def current_policy() -> ThreadChoice:
+    """The threads this process runs with: the CLI's choice (and why) if it still holds, else ``choose_threads()``."""
+    if _applied is not None and os.environ.get("OMP_NUM_THREADS") == str(_applied.threads):
+        return _applied
+    return choose_threads()

@@ -74,3 +74,22 @@ def test_out_of_another_kind_of_run_is_refused_before_anything_is_written(bert_f
         finetune(bert_folder, "mrpc", shared_data, bert_folder.parent, epochs=1, **QUICK)
     assert (pretraining / "model" / "model.safetensors").read_bytes() == b"weights"
     assert sorted(path.name for path in pretraining.iterdir()) == ["config.yaml", "model"]
+
+
+def test_gpt_sentence_pairs_are_joined_by_a_separator(gpt_folder, shared_data):
+    tokenizer = AutoTokenizer.from_pretrained(gpt_folder)
+    splits, _ = load_splits("mrpc", shared_data, limit=20)
+    row = splits["train"][0]
+    ids = encode(tokenizer, "mrpc", [row], max_length=256)[0]["input_ids"]
+    first = tokenizer(row["sentence1"])["input_ids"]
+    assert ids[: len(first) + 1] == [*first, tokenizer.eos_token_id]
+
+
+def test_accumulation_gives_the_same_steps_as_one_larger_batch(bert_folder, shared_data, tmp_path):
+    options = {**QUICK, "limit": 100, "schedule": "constant", "warmup_steps": 0}
+    whole = finetune(bert_folder, "mrpc", shared_data, tmp_path / "whole", epochs=1, **options)
+    split = finetune(bert_folder, "mrpc", shared_data, tmp_path / "split", epochs=1, **{**options, "batch_size": 16, "grad_accum": 2})
+    assert split["steps"] == whole["steps"] == 3 and split["train_config"]["grad_accum"] == 2
+    final = "checkpoints/step-00000003/model.safetensors"
+    for name, tensor in load_file(tmp_path / "whole" / final).items():
+        torch.testing.assert_close(load_file(tmp_path / "split" / final)[name], tensor, rtol=1e-4, atol=1e-5)

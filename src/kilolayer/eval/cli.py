@@ -43,12 +43,14 @@ def register(subparsers) -> None:
     finetune.add_argument("--data-dir", help="reference data folder (layout of shared/data); default $KILOLAYER_DATA")
     finetune.add_argument("--out", type=Path, help="run folder: model/, checkpoints/, finetune.json, finetune.md (default MODEL_DIR/finetune-TASK)")
     finetune.add_argument("--epochs", type=_positive_int, default=3)
-    finetune.add_argument("--lr", type=float, help="peak learning rate (default 3e-5, BERT's recipe)")
-    finetune.add_argument("--batch-size", type=_positive_int, help="pairs per step (default 32)")
-    finetune.add_argument("--seq-len", type=_positive_int, help="max tokens per pair (default min(128, model positions))")
-    finetune.add_argument("--eval-every", type=_positive_int, help="steps between validation evaluations (default once per epoch)")
     finetune.add_argument("--patience", type=_positive_int, default=3, help="evaluations without improvement before stopping")
-    finetune.add_argument("--seed", type=int)
+    finetune.add_argument("--config", metavar="FILE", help="a YAML file whose train section overrides the fine-tuning defaults")
+    finetune.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="train.KEY=VALUE",
+        help="override one training setting, as in pretrain: train.lr (default 3e-5, BERT's recipe), train.batch_size "
+        "(pairs per micro-batch, 32), train.grad_accum, train.seq_len (min(128, model positions)), train.eval_every "
+        "(once per epoch), train.precision, train.activation_checkpointing, train.seed, ... (repeatable)",
+    )
     finetune.add_argument("--limit", type=_positive_int, help="first N pairs of the train and test splits (quick runs)")
     finetune.add_argument("--resume", choices=("auto", "never"), default="auto", help="auto: continue from OUT's checkpoint if there is one")
     finetune.add_argument("--device", help="cpu, cuda, … (default: cuda when available)")
@@ -106,6 +108,19 @@ def run_eval(args) -> int:
     return 0
 
 
+def finetune_train_options(config_file: str | None, overrides: list[str]) -> dict:
+    """The train section of --config and --set (a model section is an error: the model is MODEL_DIR's)."""
+    from ..presets import apply_overrides, load_preset, merge
+
+    config = {"model": {}, "train": {}}
+    if config_file:
+        config = merge(config, load_preset(config_file))
+    config = apply_overrides(config, overrides)
+    if config["model"]:
+        raise KiloError(f"finetune takes its model from MODEL_DIR; remove the model settings ({', '.join(config['model'])}) and keep train.*")
+    return config["train"]
+
+
 def _check_text_file(path: Path, flag: str) -> None:
     """A readable UTF-8 text file (a binary file would be scored as mojibake)."""
     if not path.is_file():
@@ -126,7 +141,7 @@ def run_finetune(args) -> int:
     reference = data_dir(args.data_dir)
     if reference is None:
         raise KiloError(f"no data folder for {args.task}; give --data-dir or set KILOLAYER_DATA (layout of shared/data: glue/{args.task}/...)")
-    options = {"lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len, "eval_every": args.eval_every, "seed": args.seed}
+    options = finetune_train_options(args.config, args.overrides)
     record = finetune(
         args.model_dir,
         args.task,
@@ -137,7 +152,7 @@ def run_finetune(args) -> int:
         limit=args.limit,
         resume=args.resume == "auto",
         device=args.device,
-        **{key: value for key, value in options.items() if value is not None},
+        **options,
     )
     print((out / "finetune.md").read_text(encoding="utf-8"))
     print(f"wrote {out / 'finetune.json'}, {out / 'finetune.md'} and the fine-tuned model in {record['model_out']}")

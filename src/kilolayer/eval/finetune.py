@@ -11,6 +11,7 @@ fine-tuning run is configured, checkpointed and resumed like a pretraining run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -77,11 +78,14 @@ def load_splits(task: str, data_dir: Path, limit: int | None = None) -> tuple[di
 
 
 def encode(tokenizer, task: str, rows: list[dict], max_length: int) -> list[dict]:
-    """Tokenized pairs ([CLS] a [SEP] b [SEP] with segment ids for BERT), each with its label."""
+    """Tokenized pairs, each with its label: [CLS] a [SEP] b [SEP] with segment ids for BERT; for a tokenizer
+    without a pair template (GPT's byte-level BPE) a <eos> b, so the model sees where one sentence ends."""
     first, second = TASK_FIELDS[task]
-    encoded = tokenizer(
-        [row[first] for row in rows], [row[second] for row in rows], truncation=True, max_length=max_length
-    )
+    if tokenizer.sep_token is None:
+        texts = [f"{row[first]}{tokenizer.eos_token}{row[second]}" for row in rows]
+        encoded = tokenizer(texts, truncation=True, max_length=max_length)
+    else:
+        encoded = tokenizer([row[first] for row in rows], [row[second] for row in rows], truncation=True, max_length=max_length)
     return [
         {**{key: values[index] for key, values in encoded.items()}, "labels": int(row["label"])}
         for index, row in enumerate(rows)
@@ -127,12 +131,15 @@ def check_out_dir(out_dir: Path, model_dir: Path) -> None:
 
 
 def resolve_train_config(config, train_size: int, epochs: int, train_options: dict):
-    """(TrainConfig, steps per epoch): ``DEFAULTS`` < ``train_options``; max_steps from the epochs, a
-    10 % warmup, one evaluation per epoch and at most the model's positions unless given."""
+    """(TrainConfig, steps per epoch): ``DEFAULTS`` < ``train_options``; max_steps from the epochs (a step is
+    batch_size × grad_accum pairs), a 10 % warmup, one evaluation per epoch and at most the model's positions
+    unless given."""
     from ..train.config import TrainConfig
 
-    batch_size = train_options.get("batch_size", DEFAULTS["batch_size"])
-    steps_per_epoch = math.ceil(train_size / batch_size)
+    if "max_steps" in train_options:
+        raise KiloError("finetune sets train.max_steps from --epochs; give --epochs instead")
+    pairs_per_step = train_options.get("batch_size", DEFAULTS["batch_size"]) * train_options.get("grad_accum", 1)
+    steps_per_epoch = math.ceil(train_size / pairs_per_step)
     max_steps = epochs * steps_per_epoch
     max_positions = config.max_position_embeddings
     options = {
@@ -176,7 +183,9 @@ def finetune(
     from ..train.distributed import Parallel
     from ..train.export import export_model
     from ..train.faults import Faults
+    from ..train.guard import StabilityGuard
     from ..train.loop import build_optimizer, first_difference
+    from ..train.process import ProcessSettings
     from ..train.schedule import learning_rate
     from .model_folder import check_loaded, check_weights, load_config, load_folder_tokenizer, pick_device
     from .report import finetune_markdown, write_json
@@ -220,56 +229,86 @@ def finetune(
     config.num_labels = 2
     model = auto_class.from_pretrained(model_dir, config=config).to(parallel.device)
     check_loaded(model, tokenizer, model_dir)
+    if train_config.activation_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     optimizer = build_optimizer(model, train_config, sharded=False)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    guard = StabilityGuard(train_config)
     state = {"step": 0, "best_score": -math.inf, "best_step": 0, "evaluations_without_improvement": 0, "history": []}
     if found:
         folder, meta = found
         checkpoint.load_checkpoint(folder, meta, parallel=parallel, model=model, optimizer=optimizer, restore_rng=True)
         state = meta["loop"]
+        guard = StabilityGuard(train_config, StabilityGuard.state_from(meta.get("guard") or {}))
         print(f"resumed from {folder} at step {state['step']}")
+    process_settings = ProcessSettings(parallel.device)
+    process_settings.apply()
+    autocast = (
+        (lambda: torch.autocast(parallel.device.type, dtype=torch.bfloat16))
+        if train_config.precision == "bf16"
+        else contextlib.nullcontext
+    )
+    pairs_per_step = train_config.batch_size * train_config.grad_accum
 
     resumed_from_step = state["step"]
     start = time.perf_counter()
     progress = tqdm(total=train_config.max_steps, initial=state["step"], desc=f"fine-tuning {task}")
     stopped_early = state["evaluations_without_improvement"] >= patience
-    while state["step"] < train_config.max_steps and not stopped_early:
-        step = state["step"]
-        epoch, position = divmod(step, steps_per_epoch)
-        order = torch.randperm(len(examples["train"]), generator=torch.Generator().manual_seed(train_config.seed + epoch))
-        indices = order[position * train_config.batch_size : (position + 1) * train_config.batch_size].tolist()
-        batch = collate(tokenizer, [examples["train"][index] for index in indices], model.device)
-        model.train()
-        loss = model(**batch).loss
-        loss.backward()
-        if train_config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(train_config, step)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["step"] = step + 1
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss.item():.4f}")
-        if state["step"] % train_config.eval_every == 0 or state["step"] == train_config.max_steps:
-            metrics = binary_metrics(
-                [example["labels"] for example in examples["validation"]],
-                predict_labels(model, tokenizer, examples["validation"], train_config.batch_size),
-            )
-            score = validation_score(metrics)
-            state["history"].append({"step": state["step"], "loss": loss.item(), "validation": metrics})
-            if score > state["best_score"]:
-                state.update(best_score=score, best_step=state["step"], evaluations_without_improvement=0)
-                card = model_card(task, model_dir, splits_note, state["step"], metrics, auto_class.__name__)
-                export_model(model, tokenizer, out_dir / "model", card)
+    stopped_nonfinite = guard.diverged
+    try:
+        while state["step"] < train_config.max_steps and not stopped_early and not stopped_nonfinite:
+            step = state["step"]
+            epoch, position = divmod(step, steps_per_epoch)
+            order = torch.randperm(len(examples["train"]), generator=torch.Generator().manual_seed(train_config.seed + epoch))
+            indices = order[position * pairs_per_step : (position + 1) * pairs_per_step].tolist()
+            model.train()
+            loss = torch.zeros((), device=parallel.device)
+            for begin in range(0, len(indices), train_config.batch_size):  # grad_accum micro-batches, mean over pairs
+                micro = indices[begin : begin + train_config.batch_size]
+                batch = collate(tokenizer, [examples["train"][index] for index in micro], model.device)
+                with autocast():
+                    micro_loss = model(**batch).loss * (len(micro) / len(indices))
+                micro_loss.backward()
+                loss += micro_loss.detach()
+            if train_config.grad_clip:
+                grad_norm = torch.nn.utils.clip_grad_norm_(parameters, train_config.grad_clip)
             else:
-                state["evaluations_without_improvement"] += 1
-            stopped_early = state["evaluations_without_improvement"] >= patience
-            progress.write(f"step {state['step']}: validation accuracy {metrics['accuracy']:.4f} F1 {metrics['f1']:.4f}")
-            checkpoint.save_checkpoint(
-                checkpoint_root, state["step"], parallel=parallel, model=model, optimizer=optimizer,
-                state={"loop": state, "run": run_settings}, keep=train_config.keep_checkpoints, faults=Faults(),
-            )
-    progress.close()
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+            verdict, _ = guard.check(step + 1, loss.item(), grad_norm.item())
+            if verdict == "step":  # a non-finite step is skipped (the data moves on); max_bad_steps in a row stop the run
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(train_config, step)
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            stopped_nonfinite = verdict in ("rollback", "stop")
+            state["step"] = step + 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+            if state["step"] % train_config.eval_every == 0 or state["step"] == train_config.max_steps:
+                metrics = binary_metrics(
+                    [example["labels"] for example in examples["validation"]],
+                    predict_labels(model, tokenizer, examples["validation"], train_config.batch_size),
+                )
+                score = validation_score(metrics)
+                state["history"].append({"step": state["step"], "loss": loss.item(), "validation": metrics})
+                if score > state["best_score"]:
+                    state.update(best_score=score, best_step=state["step"], evaluations_without_improvement=0)
+                    card = model_card(task, model_dir, splits_note, state["step"], metrics, auto_class.__name__)
+                    export_model(model, tokenizer, out_dir / "model", card)
+                else:
+                    state["evaluations_without_improvement"] += 1
+                stopped_early = state["evaluations_without_improvement"] >= patience
+                progress.write(f"step {state['step']}: validation accuracy {metrics['accuracy']:.4f} F1 {metrics['f1']:.4f}")
+                checkpoint.save_checkpoint(
+                    checkpoint_root, state["step"], parallel=parallel, model=model, optimizer=optimizer,
+                    state={"loop": state, "run": run_settings, "guard": guard.state_dict()}, keep=train_config.keep_checkpoints,
+                    faults=Faults(),
+                )
+    finally:
+        progress.close()
+        process_settings.restore()
+    if not (out_dir / "model").is_dir():
+        raise KiloError(f"fine-tuning stopped on non-finite losses at step {state['step']} before any validation; lower train.lr")
 
     best = auto_class.from_pretrained(out_dir / "model").to(model.device)
     test_labels = [example["labels"] for example in examples["test"]]
@@ -279,7 +318,10 @@ def finetune(
         "model": config.summary() if hasattr(config, "summary") else config.model_type,
         "splits_note": splits_note,
         "examples": {name: len(rows) for name, rows in examples.items()},
-        "train_config": {key: getattr(train_config, key) for key in (*DEFAULTS, "warmup_steps", "eval_every", "max_steps", "seed")},
+        "train_config": {
+            key: getattr(train_config, key)
+            for key in (*DEFAULTS, "grad_accum", "precision", "activation_checkpointing", "warmup_steps", "eval_every", "max_steps", "seed")
+        },
         "epochs": epochs,
         "patience": patience,
         "steps": state["step"],
@@ -287,6 +329,8 @@ def finetune(
         "best_step": state["best_step"],
         "best_validation_score": state["best_score"],
         "stopped_early": stopped_early,
+        "stopped_nonfinite": stopped_nonfinite,
+        "skipped_steps": guard.state.skipped_steps,
         "seconds_this_session": round(time.perf_counter() - start, 2),
         "history": state["history"],
         "test_metrics": binary_metrics(test_labels, predict_labels(best, tokenizer, examples["test"], train_config.batch_size)),

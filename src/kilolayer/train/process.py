@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..threads import ThreadChoice, choose_threads
+from ..threads import ThreadChoice, current_policy
 
 
 def flushes_denormals() -> bool:
@@ -24,7 +24,7 @@ class ProcessSettings:
 
     def __init__(self, device: torch.device):
         self.on_cpu = device.type == "cpu"
-        self.choice: ThreadChoice = choose_threads()
+        self.choice: ThreadChoice = current_policy()
         self.saved: tuple[int, bool] | None = None
 
     def apply(self) -> None:
