@@ -154,6 +154,9 @@ def test_gpt_sequence_classification_reads_the_last_real_token(side):
     batched = model(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(batched[0], model(input_ids=short).logits[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(batched[1], model(input_ids=long).logits[0], rtol=1e-5, atol=1e-5)
+    if side == "right":  # without a mask, the padding is found by pad_token_id, as HF's GPT-2 does
+        model.config.pad_token_id = 0
+        torch.testing.assert_close(model(input_ids=ids).logits[0], batched[0], rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()

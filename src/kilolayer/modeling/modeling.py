@@ -486,6 +486,8 @@ class KiloForSequenceClassification(KiloPreTrainedModel):
         hidden = outputs.last_hidden_state
         batch, length = hidden.shape[:2]
         if self.config.is_causal:
+            if attention_mask is None and input_ids is not None and self.config.pad_token_id is not None:
+                attention_mask = input_ids != self.config.pad_token_id  # as HF's GPT-2 finds the padding
             if attention_mask is None:
                 last = torch.full((batch,), length - 1, device=hidden.device)
             else:  # the rightmost real token: right padding ends earlier, left padding ends at length - 1
