@@ -178,3 +178,12 @@ def test_bad_input_is_a_one_line_error(extra, message, tmp_path, signal_cache, c
     assert main(["study", "signal", *TINY, *data_args(), *extra, "--out", str(tmp_path / "s")]) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error
+
+
+def test_a_config_field_added_later_does_not_orphan_finished_cells():
+    from kilolayer.study.signal import _fingerprint
+
+    before = {"model": {"num_layers": 3}, "train": {"lr": 0.01}, "steps": [0, 2], "data": "old wording"}
+    assert _fingerprint(before) == _fingerprint({**before, "train": {"lr": 0.01, "decay_steps": None}, "data": "new"})
+    assert _fingerprint(before) != _fingerprint({**before, "train": {"lr": 0.02}})
+    assert _fingerprint(before) != _fingerprint({**before, "steps": [0, 3]})

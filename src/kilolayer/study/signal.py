@@ -187,7 +187,14 @@ def run_signal(base: dict, schemes: list[str], depths: list[int], steps: list[in
 
 
 def _fingerprint(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    """What makes two runs' cells comparable: the model and train sections and the steps. The data is named by
+    ``train.data`` and the tokenizer settings (its description's wording may change between versions), and a
+    setting left at None counts as absent (a field added to the config later does not orphan finished cells)."""
+    comparable = {
+        "steps": settings["steps"],
+        **{section: {k: v for k, v in settings[section].items() if v is not None} for section in ("model", "train")},
+    }
+    return hashlib.sha256(json.dumps(comparable, sort_keys=True).encode()).hexdigest()
 
 
 def write_signal_csv(cells: list[dict], path: Path) -> None:
