@@ -665,7 +665,7 @@ class Trainer:
     def _card_facts(self, folder: Path) -> dict:
         config, model_config = self.config, self.model_config
         tokens_per_step = self.tokens_per_micro_batch * config.grad_accum * self.parallel.world_size
-        constants = ", ".join(f"{name} = {getattr(model_config, name):.4g}" for name in ("alpha", "beta") if getattr(model_config, name))
+        constants = ", ".join(f"{name} = {value:.4g}" for name, value in model_config.scheme_constants().items())
         valid = f"{self.last_valid[1]:.4f} (perplexity {math.exp(min(self.last_valid[1], 700)):.1f})" if self.last_valid else "not measured"
         table = {
             "preset": config.preset or "(custom config)",
