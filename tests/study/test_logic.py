@@ -222,3 +222,12 @@ def test_report_only_reads_finished_cells_and_runs_nothing(tmp_path):
     outcome = run_study(tmp_path, {}, "data", baselines, cells, jobs=1, threads_per_cell=1, progress=False, report_only=True)
     assert [record["id"] for record in outcome.records] == ["done"] and outcome.pending == ("todo",)
     assert not (tmp_path / "study.json").exists() and not (tmp_path / "cells" / "todo" / "run").exists()
+
+
+def test_the_reading_reports_the_seed_spread_of_cells_run_with_several_seeds():
+    rows = [row("pre_ln", 12, 4.60, control=True), {**row("pre_ln", 12, 4.63, control=True), "seed": 1}, row("post_ln", 1000, 5.35, gain=0.0)]
+    assign_verdicts(rows, 5.36)
+    text = "\n".join(stability_reading(rows, BASELINES, steps=100, tokens_per_cell=51200))
+    assert "`pre_ln` 12 layers, lr 0.001, warmup 0, clip off: 0.030 nats over 2 seeds" in text
+    single = "\n".join(stability_reading(rows[2:], BASELINES, steps=100, tokens_per_cell=51200))
+    assert "Every cell ran one seed" in single

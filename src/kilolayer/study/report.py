@@ -128,11 +128,27 @@ def stability_reading(rows: list[dict], baselines: dict, steps: int, tokens_per_
             + ", ".join(f"`{row['scheme']}` {layers(row['depth'])}, {combination_label(row)}: step {row['collapse_step']}" for row in collapsed)
             + "."
         )
-    bullets.append(
-        f"Each cell is {steps} steps ({tokens_per_cell:,} training tokens). Differences between cells smaller than the "
-        "spread between seeds of the same cell (where the table has two seeds) are not shown to be real."
-    )
+    spreads = seed_spreads(rows)
+    if spreads:
+        bullets.append(
+            "Seed-to-seed spread of the final validation loss: "
+            + "; ".join(f"`{scheme}` {layers(depth)}, {lr}: {number(spread)} nats over {count} seeds" for (scheme, depth, lr), (spread, count) in spreads.items())
+            + ". Differences between cells smaller than these are not shown to be real."
+        )
+    else:
+        bullets.append("Every cell ran one seed: differences between cells are not compared with seed-to-seed noise.")
+    bullets.append(f"Each cell is {steps} steps ({tokens_per_cell:,} training tokens).")
     return bullets
+
+
+def seed_spreads(rows: list[dict]) -> dict[tuple, tuple[float, int]]:
+    """(scheme, depth, settings) → (max − min final validation loss, seeds) for every cell run with more than one seed."""
+    groups = defaultdict(list)
+    for row in rows:
+        if _finite(row.get("final_valid_loss")):
+            settings = f"lr {format_lr(row['lr'])}, warmup {row['warmup']}, clip {format_clip(row['clip'])}"
+            groups[(row["scheme"], row["depth"], settings)].append(row["final_valid_loss"])
+    return {key: (max(losses) - min(losses), len(losses)) for key, losses in groups.items() if len(losses) > 1}
 
 
 def depth_reading(rows: list[dict], budget_label: str, baselines: dict) -> list[str]:
