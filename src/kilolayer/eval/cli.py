@@ -74,6 +74,7 @@ def run_eval(args) -> int:
 
     from ..paths import check_writable_folder, data_dir
     from .model_folder import pick_device
+    from ..atomic import write_text
     from .report import write_json, zero_shot_markdown
     from .zeroshot import evaluate_folder, parse_tasks
 
@@ -99,10 +100,10 @@ def run_eval(args) -> int:
     for task, result in record.get("tasks", {}).items():
         samples = result.pop("samples", None)
         if samples is not None:
-            (out / f"samples_{task}.jsonl").write_text("".join(json.dumps(sample) + "\n" for sample in samples), encoding="utf-8")
+            write_text(out / f"samples_{task}.jsonl", "".join(json.dumps(sample) + "\n" for sample in samples))
     write_json(out / "results.json", record)
     markdown = zero_shot_markdown(record)
-    (out / "results.md").write_text(markdown, encoding="utf-8")
+    write_text(out / "results.md", markdown)
     print(markdown)
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0

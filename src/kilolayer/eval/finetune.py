@@ -188,6 +188,7 @@ def finetune(
     from ..train.process import ProcessSettings
     from ..train.schedule import learning_rate
     from .model_folder import check_loaded, check_weights, load_config, load_folder_tokenizer, pick_device
+    from ..atomic import write_text
     from .report import finetune_markdown, write_json
     from . import text_to_text
 
@@ -337,7 +338,7 @@ def finetune(
         "model_out": str(out_dir / "model"),
     }
     write_json(out_dir / "finetune.json", record)
-    (out_dir / "finetune.md").write_text(finetune_markdown(record), encoding="utf-8")
+    write_text(out_dir / "finetune.md", finetune_markdown(record))
     return record
 
 

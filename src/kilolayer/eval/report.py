@@ -21,9 +21,10 @@ CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")
 
 
 def write_json(path: Path, record: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return path
+    """Replace ``path`` with the record's JSON through ``kilolayer.atomic`` (an earlier report stays until it is complete)."""
+    from ..atomic import write_text
+
+    return write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def _percent(value: float | None) -> str:
