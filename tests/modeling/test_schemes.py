@@ -182,3 +182,12 @@ def test_norm_dyt_replaces_every_norm_and_stores_its_alpha_init(tmp_path):
     reloaded = KiloForCausalLM.from_pretrained(tmp_path)
     assert reloaded.config.dyt_alpha == 0.8
     assert KiloConfig(scheme="pre_ln", norm="dyt").dyt_alpha == 0.5  # derived only when not given
+
+
+@pytest.mark.parametrize("scheme, name, value", [("mix_ln", "post_ln_fraction", 0.5), ("depth_scaled", "branch_exponent", 0.5)])
+def test_new_constants_are_stored_and_never_re_derived(tmp_path, scheme, name, value):
+    config = KiloConfig(num_layers=N, hidden_size=HIDDEN, num_heads=2, vocab_size=16, scheme=scheme, **{name: value})
+    config.save_pretrained(tmp_path)
+    reloaded = KiloConfig.from_pretrained(tmp_path, num_layers=2 * N)
+    assert getattr(reloaded, name) == value
+    assert reloaded.to_dict()[name] == value
