@@ -89,3 +89,23 @@ def test_process_wide_settings_are_restored_after_the_run(corpus, tmp_path, monk
         assert events(tmp_path / "run", "start")[0]["threads"].startswith("2 threads (OMP_NUM_THREADS)")
     finally:
         torch.set_flush_denormal(True)
+
+
+def test_max_minutes_keeps_room_for_the_final_validation():
+    """400 s in, 30 s steps, an 8-minute budget: the next step fits (430 s) but not with the validation after it."""
+    import time
+    from types import SimpleNamespace
+
+    from kilolayer.train.config import TrainConfig
+    from kilolayer.train.loop import Trainer
+
+    trainer = SimpleNamespace(
+        config=TrainConfig(max_minutes=8, eval_every=30, eval_batches=4), started=time.monotonic() - 400,
+        last_step_seconds=30.0, validation_seconds=None, stop_signal=None, parallel=SimpleNamespace(world_size=1),
+    )  # fmt: skip
+    assert Trainer._stop_reason(trainer) == "max_minutes"  # 400 + 30 + 4 × 2/3 × 30 = 510 s > 480 s
+    trainer.validation_seconds = 20.0  # measured: 450 s fits
+    assert Trainer._stop_reason(trainer) is None
+    trainer.config = TrainConfig(max_minutes=8, eval_every=0)  # no validation to keep room for
+    trainer.validation_seconds = None
+    assert Trainer._stop_reason(trainer) is None

@@ -124,6 +124,16 @@ def check_positions(model_config: KiloConfig, config: TrainConfig) -> None:
         )
 
 
+def final_validation_seconds(trainer) -> float:
+    """What the end-of-run validation will cost: the last one's measured time, else an estimate from the step time
+    (a validation batch is two forward passes, own and shuffled context, each about a third of a training step)."""
+    if not trainer.config.eval_every:
+        return 0.0
+    if trainer.validation_seconds is not None:
+        return trainer.validation_seconds
+    return trainer.config.eval_batches * 2 / 3 * trainer.last_step_seconds
+
+
 class Trainer:
     """One run: set up in ``__init__`` (all input checks first, nothing written on bad input), then ``run()``."""
 
@@ -205,6 +215,7 @@ class Trainer:
         self.window = {"losses": [], "grad_norms": [], "seconds": 0.0, "tokens": 0}
         self.train_seconds = 0.0
         self.last_step_seconds = 0.0  # to stop before a step that would overrun max_minutes
+        self.validation_seconds: float | None = None  # the last validation's duration (max_minutes keeps room for one)
         self.session_steps = 0  # optimizer steps taken by this invocation
         self.trained_tokens = 0
         self.last_train_loss: float | None = None
@@ -493,6 +504,7 @@ class Trainer:
     def _validate(self) -> None:
         """Token-weighted mean loss over the first ``eval_batches`` validation batches (rounded up to a multiple of
         the world size, so every FSDP rank runs as many forwards), and its perplexity."""
+        started = time.monotonic()
         world, rank = self.parallel.world_size, self.parallel.rank
         batches = math.ceil(self.config.eval_batches / world) * world
         totals = torch.zeros(3, dtype=torch.float64, device=self.parallel.device)
@@ -517,6 +529,7 @@ class Trainer:
         self.metrics.write(
             "valid", step=self.step, loss=loss, ppl=math.exp(min(loss, 700.0)), context_gain=context_gain, batches=batches
         )
+        self.validation_seconds = time.monotonic() - started
 
     # ------------------------------------------------------------------ the run
 
@@ -533,8 +546,9 @@ class Trainer:
                 self.previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def _stop_reason(self) -> str | None:
-        # Stop before a step that would end past max_minutes (a 1000-layer CPU step takes seconds to minutes).
-        projected = time.monotonic() - self.started + self.last_step_seconds
+        # Stop before a step whose end, plus the final validation, would pass max_minutes (a 1000-layer CPU step
+        # takes seconds to minutes, and the final validation can take several steps' time).
+        projected = time.monotonic() - self.started + self.last_step_seconds + final_validation_seconds(self)
         out_of_time = self.config.max_minutes is not None and projected > 60 * self.config.max_minutes
         local = "signal" if self.stop_signal is not None else "max_minutes" if out_of_time else None
         if self.parallel.world_size == 1:
