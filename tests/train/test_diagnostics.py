@@ -90,7 +90,7 @@ def test_masked_lm_shuffling_keeps_the_masked_positions():
     ids = torch.arange(12).view(3, 4)
     labels = torch.full_like(ids, -100)
     labels[:, 2] = 7
-    shuffled = context_shuffled({"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}, is_causal=False)
+    shuffled = context_shuffled({"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}, roll_whole_input=False)
     assert torch.equal(shuffled["input_ids"][:, 2], ids[:, 2])
     assert torch.equal(shuffled["input_ids"][:, 0], ids.roll(1, 0)[:, 0])
     config = KiloConfig(arch="bert", num_layers=2, hidden_size=16, num_heads=2, vocab_size=50, max_positions=16)
@@ -104,7 +104,7 @@ def test_encoder_decoder_shuffling_rolls_the_encoder_input_only():
         "labels": torch.arange(6).view(3, 2),
         "decoder_input_ids": torch.arange(6).view(3, 2),
     }
-    shuffled = context_shuffled(batch, is_causal=False)
+    shuffled = context_shuffled(batch, roll_whole_input=True)
     assert torch.equal(shuffled["input_ids"], batch["input_ids"].roll(1, 0))
     assert torch.equal(shuffled["attention_mask"], batch["attention_mask"].roll(1, 0))
     assert shuffled["labels"] is batch["labels"] and shuffled["decoder_input_ids"] is batch["decoder_input_ids"]

@@ -155,18 +155,18 @@ class LayerDiagnostics:
         }
 
 
-def context_shuffled(batch: dict[str, torch.Tensor], is_causal: bool) -> dict[str, torch.Tensor]:
+def context_shuffled(batch: dict[str, torch.Tensor], roll_whole_input: bool) -> dict[str, torch.Tensor]:
     """The batch with each sequence's context taken from the next sequence in the batch, labels unchanged.
 
     Context gain = loss(shuffled) − loss(real): how much the model's predictions depend on *this*
     sequence's tokens. A model that ignores its input (a collapsed stack, a unigram model) scores 0.
-    GPT: every input row is rolled. Masked LM: the scored ([MASK]ed) positions keep their inputs and
-    only the unmasked context is rolled, so the model still sees where it must predict. Encoder-decoder
-    (labels shaped unlike the inputs): the encoder input is rolled, the decoder side is kept.
+    ``roll_whole_input`` (GPT; an encoder-decoder's encoder input, its decoder side kept): every input row
+    is rolled. Otherwise (masked LM) the scored ([MASK]ed) positions keep their inputs and only the
+    unmasked context is rolled, so the model still sees where it must predict.
     """
     shuffled = dict(batch)
     rolled = batch["input_ids"].roll(1, dims=0)
-    if is_causal or batch["labels"].shape != batch["input_ids"].shape:
+    if roll_whole_input:
         shuffled["input_ids"] = rolled
     else:
         shuffled["input_ids"] = torch.where(batch["labels"] != -100, batch["input_ids"], rolled)
