@@ -103,8 +103,8 @@ def test_max_minutes_keeps_room_for_the_final_validation():
         config=TrainConfig(max_minutes=8, eval_every=30, eval_batches=4), started=time.monotonic() - 400,
         last_step_seconds=30.0, validation_seconds=None, stop_signal=None, parallel=SimpleNamespace(world_size=1),
     )  # fmt: skip
-    assert Trainer._stop_reason(trainer) == "max_minutes"  # 400 + 30 + 4 × 2/3 × 30 = 510 s > 480 s
-    trainer.validation_seconds = 20.0  # measured: 450 s fits
+    assert Trainer._stop_reason(trainer) == "max_minutes"  # 400 + 30 + 4 batches × 30 s = 550 s > 480 s
+    trainer.validation_seconds = 40.0  # measured: 470 s fits
     assert Trainer._stop_reason(trainer) is None
     trainer.config = TrainConfig(max_minutes=8, eval_every=0)  # no validation to keep room for
     trainer.validation_seconds = None
