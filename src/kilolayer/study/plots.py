@@ -23,7 +23,7 @@ DIVERGED_COLOUR = "#bbbbbb"
 MIN_COLOUR_SPAN = 0.1  # nats
 
 
-def _figure(size: tuple[float, float] | None = None) -> Figure:
+def figure_on_agg(size: tuple[float, float] | None = None) -> Figure:
     """A figure on its own Agg canvas (no pyplot state)."""
     figure = Figure(figsize=size)
     FigureCanvasAgg(figure)
@@ -52,7 +52,7 @@ def stability_heatmap(rows: list[dict], path: Path) -> None:
 
     columns = min(len(combinations), 3)
     figure_rows = math.ceil(len(combinations) / columns)
-    figure = _figure((1.5 + max(2.4, 0.9 * len(depths)) * columns, 0.9 + max(1.6, 0.45 * len(schemes)) * figure_rows))
+    figure = figure_on_agg((1.5 + max(2.4, 0.9 * len(depths)) * columns, 0.9 + max(1.6, 0.45 * len(schemes)) * figure_rows))
     axes = figure.subplots(figure_rows, columns, squeeze=False, sharey=True)
     lookup = {(combination_label(row), row["scheme"], row["depth"]): row for row in rows}
     for index, combination in enumerate(combinations):
@@ -101,7 +101,7 @@ def stability_curves(rows: list[dict], curve_names: tuple[str, ...], ylabel: str
     styles = ("-", "--", ":")
     columns = min(len(depths), 3)
     figure_rows = math.ceil(len(depths) / columns)
-    figure = _figure((max(7.0, 4.2 * columns), 3.2 * figure_rows))
+    figure = figure_on_agg((max(7.0, 4.2 * columns), 3.2 * figure_rows))
     axes = figure.subplots(figure_rows, columns, squeeze=False)
     starts = [row["start_loss"] for row in rows if _finite(row["start_loss"])]
     for index, depth in enumerate(depths):
@@ -144,7 +144,7 @@ def depth_curve(rows: list[dict], path: Path, title: str) -> None:
     """Final (and best) validation loss against depth, log-scaled depth axis; the best depth starred, diverged ones ✕."""
     ordered = sorted(rows, key=lambda row: row["depth"])
     trained = [row for row in ordered if not row["diverged"] and _finite(row["final_valid_loss"])]
-    figure = _figure((6, 4))
+    figure = figure_on_agg((6, 4))
     axis = figure.subplots()
     if trained:
         axis.plot([row["depth"] for row in trained], [row["final_valid_loss"] for row in trained], "o-", label="final validation loss")
@@ -177,7 +177,7 @@ def depth_curve(rows: list[dict], path: Path, title: str) -> None:
 def depth_profiles(rows: list[dict], adam_eps: float, path: Path) -> None:
     """Per-block gradient RMS and update/weight ratio against the layer index at the last diagnostics step,
     one line per cell: where in the stack learning stops. Adam's ε is the dotted line of the gradient panel."""
-    figure = _figure((8, 6.5))
+    figure = figure_on_agg((8, 6.5))
     gradients, updates = figure.subplots(2, 1, sharex=True)
     colours = matplotlib.colormaps.get_cmap("tab20")
     for index, row in enumerate(row for row in rows if row.get("profile")):

@@ -31,6 +31,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import KiloError
+from ..threads import available_cpus
 
 RESULT_FILE = "result.json"
 CELL_FILE = "cell.json"
@@ -58,14 +59,6 @@ class Outcome:
     data: str = ""  # what the cells trained on (corpus, tokens, tokenizer)
     baselines: dict | None = None  # unigram / bigram cross-entropies of the validation batches (``baselines.py``)
     pending: tuple[str, ...] = ()  # cells not finished yet (a report written with --report-only)
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (the affinity mask in a container, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def visible_gpus() -> list[str]:

@@ -216,17 +216,16 @@ def signal_figure(cells: list[dict], path: Path) -> None:
     """
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import figure_on_agg
 
     steps = sorted({m["step"] for cell in cells for m in cell["measurements"]})
-    colours = plt.get_cmap("tab10")  # ten colours, then the same ten dashed
+    colours = matplotlib.colormaps.get_cmap("tab10")  # ten colours, then the same ten dashed
 
     def style(index: int) -> dict:
         return {"color": colours(index % 10), "linestyle": "-" if index < 10 else "--"}
 
-    figure, axes = plt.subplots(len(QUANTITIES), len(steps), squeeze=False, sharex=True,
-                                figsize=(1 + 4.2 * len(steps), 1 + 2.8 * len(QUANTITIES)))  # fmt: skip
+    figure = figure_on_agg((1 + 4.2 * len(steps), 1 + 2.8 * len(QUANTITIES)))
+    axes = figure.subplots(len(QUANTITIES), len(steps), squeeze=False, sharex=True)
     for column, step in enumerate(steps):
         for row, quantity in enumerate(QUANTITIES):
             axis = axes[row][column]
@@ -259,7 +258,6 @@ def signal_figure(cells: list[dict], path: Path) -> None:
     figure.suptitle(f"Signal propagation at {depth} layers, float64 (▼: exactly 0)")
     figure.tight_layout(rect=(0, 0.07, 1, 0.97))
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def decades(first: float, last: float) -> float | None:
