@@ -118,6 +118,9 @@ def test_assigned_verdicts_compare_each_cell_with_its_shallow_control():
     assign_verdicts(rows, 5.36)
     assert [r["verdict"] for r in rows] == [LEARNING, LEARNING, COLLAPSED]
     assert [r["beats_shallow"] for r in rows] == [None, True, None]
+    control_last = [row("pre_ln", 1000, 4.5), row("pre_ln", 12, 4.6, control=True)]
+    assign_verdicts(control_last, 5.36)
+    assert control_last[0]["beats_shallow"] is True
     text = "\n".join(stability_reading(rows, BASELINES, steps=100, tokens_per_cell=51200))
     assert "unigram 5.360 nats, bigram 3.850 nats" in text and "large enough for a model to leave the unigram plateau" in text
     assert "**learning** (1 of 2 cells)" in text and "**collapsed** (1 of 2 cells): `post_ln` 1000 layers" in text

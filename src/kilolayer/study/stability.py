@@ -112,11 +112,12 @@ def earlier_cells(out_dir: Path, base: dict, cells: list[Cell]) -> list[Cell]:
 
 def assign_verdicts(rows: list[dict], unigram: float) -> None:
     """Add verdict, its reason, the margin below unigram and ``beats_shallow`` to each row (``verdicts.py``)."""
-    controls = {_group(row): row for row in rows if row.get("is_control")}
     for row in rows:
         row["verdict"], row["verdict_detail"] = classify(row, unigram)
         loss = row.get("final_valid_loss")
         row["below_unigram"] = unigram - loss if loss is not None else None
+    controls = {_group(row): row for row in rows if row.get("is_control")}
+    for row in rows:  # a control may come after the cells it judges (cells of an earlier run come last)
         control = controls.get(_group(row))
         control_loss = control["final_valid_loss"] if control and control["verdict"] != DIVERGED else None
         row["control_loss"] = control_loss
