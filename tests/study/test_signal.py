@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from kilolayer.cli import main
-from kilolayer.errors import KiloError
 from kilolayer.modeling import KiloConfig, KiloForCausalLM
 from kilolayer.study.signal import exact_norm, measure
 
@@ -121,17 +120,6 @@ def test_pre_ln_measurement_equals_autograd_on_the_explicit_network():
 # ------------------------------------------------------------------ the command
 
 
-@pytest.fixture(scope="module")
-def signal_cache(tmp_path_factory):
-    previous = os.environ.get("KILOLAYER_CACHE")
-    os.environ["KILOLAYER_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if previous is None:
-        del os.environ["KILOLAYER_CACHE"]
-    else:
-        os.environ["KILOLAYER_CACHE"] = previous
-
-
 def data_args() -> list[str]:
     corpus = Path(os.environ.get("KILOLAYER_DATA", REPO.parent / "shared" / "data")) / "corpus" / "enwiki_valid.txt"
     return ["--data", str(corpus)] if corpus.is_file() else []
@@ -141,7 +129,7 @@ TINY = ["--preset", "gpt-tiny", "--set", "train.batch_size=2", "--set", "train.s
 
 
 @pytest.mark.slow
-def test_signal_command_writes_numbers_figure_and_resumes(tmp_path, signal_cache, monkeypatch, capsys):
+def test_signal_command_writes_numbers_figure_and_resumes(tmp_path, study_cache, monkeypatch, capsys):
     out = tmp_path / "signal"
     arguments = ["study", "signal", *TINY, *data_args(), "--schemes", "pre_ln,post_ln", "--depths", "3",
                  "--steps", "0,2", "--out", str(out)]  # fmt: skip
@@ -174,7 +162,7 @@ def test_signal_command_writes_numbers_figure_and_resumes(tmp_path, signal_cache
         (["--preset", "bert-tiny"], "study signal measures a causal LM"),
     ],
 )
-def test_bad_input_is_a_one_line_error(extra, message, tmp_path, signal_cache, capsys):
+def test_bad_input_is_a_one_line_error(extra, message, tmp_path, study_cache, capsys):
     assert main(["study", "signal", *TINY, *data_args(), *extra, "--out", str(tmp_path / "s")]) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error

@@ -26,16 +26,7 @@ FEW_STEPS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def study_cache(tmp_path_factory):
-    """One tokenizer/shard cache for the module; the cells' processes inherit it through the environment."""
-    previous = os.environ.get("KILOLAYER_CACHE")
-    os.environ["KILOLAYER_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if previous is None:
-        del os.environ["KILOLAYER_CACHE"]
-    else:
-        os.environ["KILOLAYER_CACHE"] = previous
+pytestmark = pytest.mark.usefixtures("study_cache")  # conftest.py: one cache for the module
 
 
 @pytest.fixture(scope="module")
