@@ -275,5 +275,6 @@ def test_loads_with_trust_remote_code_in_a_python_without_kilolayer(tmp_path):
     result = torch.load(tmp_path / "out.pt", weights_only=True)
     assert result["module"].startswith("transformers_modules")
     with torch.no_grad():
-        assert torch.equal(result["logits"], model(**INPUTS).logits)
+        # not bitwise: the subprocess may run another number of threads, so reductions can round differently
+        torch.testing.assert_close(result["logits"], model(**INPUTS).logits, rtol=1e-4, atol=1e-4)
         assert torch.equal(result["generated"], model.generate(INPUTS["input_ids"], max_new_tokens=5, do_sample=False))
