@@ -59,3 +59,13 @@ def test_resume_with_more_steps_continues_the_same_run(corpus, tmp_path):
     assert result.steps == 12
     assert sorted(step_losses(out)) == list(range(1, 13))
     assert [e["step"] for e in events(out, "resume")] == [8]
+
+
+def test_resume_keeps_the_loss_path_the_run_was_started_with(corpus, tmp_path):
+    """A run started with ``model.fused_loss=False`` (what runs from before the switch stored) resumes on that path
+    when the command does not choose one, instead of being refused as a different run."""
+    out = tmp_path / "run"
+    train(tiny_config(corpus, model={"fused_loss": False}, max_steps=8), out, progress=False)
+    result = train(tiny_config(corpus, max_steps=12), out, progress=False)
+    assert result.steps == 12
+    assert "fused_loss: false" in (out / "config.yaml").read_text()

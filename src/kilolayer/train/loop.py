@@ -175,7 +175,7 @@ class Trainer:
         tokenizer = data.tokenizer
         token_ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
         token_ids = {key: value for key, value in token_ids.items() if value is not None and key not in model_input}
-        training_defaults = {"fused_loss": True} if "fused_loss" not in model_input else {}  # the export turns it off
+        training_defaults = {} if "fused_loss" in model_input else {"fused_loss": self._saved_fused_loss()}
         self.model_config = build_model_config(model_input, vocab_size=len(tokenizer), **token_ids, **training_defaults)
         if self.config.decay_steps is None:
             self.config.decay_steps = self._stored_horizon() or self.config.max_steps
@@ -277,6 +277,12 @@ class Trainer:
         saved = self._saved_configs()
         train = (saved[0][1].get("train") or {}) if saved else {}
         return train.get("decay_steps") or train.get("max_steps")
+
+    def _saved_fused_loss(self) -> bool:
+        """The loss path a resumed run was trained with (runs from before the switch stored False); a new run fuses.
+        The export turns it off: exported models give logits in training steps too."""
+        saved = self._saved_configs()
+        return bool((saved[0][1].get("model") or {}).get("fused_loss", True)) if saved else True
 
     def _saved_configs(self) -> list[tuple[Path, dict]]:
         """(source, resolved config) of the existing run: its config.yaml and the checkpoint it resumes from."""
