@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from kilolayer.errors import KiloError
 from kilolayer.eval.finetune import encode, finetune, load_splits, predict
 from kilolayer.eval.metrics import binary_metrics
+from kilolayer.train.metrics import read_metrics
 
 QUICK = {"limit": 200, "lr": 1e-3, "batch_size": 32}
 
@@ -50,7 +55,7 @@ def test_resumed_run_continues_exactly(bert_folder, shared_data, tmp_path):
     options = {**QUICK, "limit": 100, "schedule": "constant", "warmup_steps": 0}  # 3 steps per epoch
     straight = finetune(bert_folder, "mrpc", shared_data, tmp_path / "straight", epochs=2, **options)
     finetune(bert_folder, "mrpc", shared_data, tmp_path / "resumed", epochs=1, **options)
-    with pytest.raises(KiloError, match="already holds a fine-tuning run"):
+    with pytest.raises(KiloError, match="already holds a run"):
         finetune(bert_folder, "mrpc", shared_data, tmp_path / "resumed", epochs=2, resume=False, **options)
     with pytest.raises(KiloError, match="train.lr"):
         finetune(bert_folder, "mrpc", shared_data, tmp_path / "resumed", epochs=2, **{**options, "lr": 2e-3})
@@ -93,3 +98,48 @@ def test_accumulation_gives_the_same_steps_as_one_larger_batch(bert_folder, shar
     final = "checkpoints/step-00000003/model.safetensors"
     for name, tensor in load_file(tmp_path / "whole" / final).items():
         torch.testing.assert_close(load_file(tmp_path / "split" / final)[name], tensor, rtol=1e-4, atol=1e-5)
+
+
+def test_a_finetune_run_folder_is_a_training_run_folder(bert_folder, shared_data, tmp_path, capsys):
+    """The engine's files (config.yaml of kind finetune, metrics.jsonl, TensorBoard), a recipe file as --preset, and
+    a resumed run with more epochs that continues the schedule instead of jumping back up (with a warning)."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train:\n  lr: 1.0e-3\n  batch_size: 32\n  schedule: linear\n  min_lr_ratio: 0.5\n  log_every: 1\n")
+    out = tmp_path / "run"
+    first = finetune(bert_folder, "mrpc", shared_data, out, epochs=1, limit=200, preset=str(recipe), progress=False)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["kind"] == "finetune" and saved["finetune"]["task"] == "mrpc"
+    assert saved["train"]["lr"] == 1e-3 and saved["train"]["decay_steps"] == first["steps"] == 6
+    assert list((out / "tensorboard").iterdir())
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "valid"] == [6]
+
+    capsys.readouterr()
+    second = finetune(bert_folder, "mrpc", shared_data, out, epochs=2, limit=200, preset=str(recipe), progress=False)
+    assert "past the schedule's horizon (step 6, train.decay_steps)" in capsys.readouterr().err
+    assert second["steps"] == 12 and second["resumed_from_step"] == 6
+    lrs = [r["lr"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(lrs) == 12 and all(later <= earlier for earlier, later in zip(lrs[1:], lrs[2:]))  # after the warmup step
+    assert lrs[-1] == pytest.approx(0.5e-3)  # the floor, held past the horizon
+
+
+@pytest.mark.slow
+def test_finetune_under_ddp_matches_one_process_accumulating(bert_folder, shared_data, tmp_path):
+    """torchrun with 2 ranks × 8 pairs takes the same pairs per step as one process accumulating 2 × 8."""
+    options = {"limit": 100, "lr": 1e-3, "schedule": "constant", "warmup_steps": 0, "batch_size": 8}
+    reference = finetune(bert_folder, "mrpc", shared_data, tmp_path / "one", epochs=1, grad_accum=2, progress=False, **options)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "kilolayer", "finetune",
+        str(bert_folder), "--task", "mrpc", "--data-dir", str(shared_data), "--out", str(tmp_path / "ddp"), "--epochs", "1",
+        "--limit", "100", "--set", "train.lr=1e-3", "--set", "train.schedule=constant", "--set", "train.warmup_steps=0",
+        "--set", "train.batch_size=8",
+    ]  # fmt: skip
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "finetune.json").read_text())
+    assert ddp["steps"] == reference["steps"] == 6
+    start = next(r for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if r["kind"] == "event" and r["event"] == "start")
+    assert start["world_size"] == 2 and start["strategy"] == "ddp"
+    final = "checkpoints/step-00000006/model.safetensors"
+    expected = load_file(tmp_path / "one" / final)
+    for name, tensor in load_file(tmp_path / "ddp" / final).items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-4, atol=1e-5)

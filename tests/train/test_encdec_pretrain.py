@@ -9,7 +9,7 @@ from kilolayer.data import prepare_data
 from kilolayer.presets import resolve_config
 from kilolayer.study.baselines import study_baselines
 from kilolayer.train.config import TrainConfig
-from kilolayer.train.loop import default_cache_dir
+from kilolayer.train.task import default_cache_dir
 from kilolayer.train.metrics import read_metrics
 
 SETTINGS = ["train.max_steps=150", "train.eval_every=50", "train.lr=3e-3", "train.checkpoint_every=0", "train.log_every=10"]

@@ -91,7 +91,7 @@ def test_process_wide_settings_are_restored_after_the_run(corpus, tmp_path, monk
         torch.set_flush_denormal(True)
 
 
-def test_max_minutes_keeps_room_for_the_final_validation():
+def test_max_minutes_keeps_room_for_the_final_validation_checkpoint_and_export():
     """400 s in, 30 s steps, an 8-minute budget: the next step fits (430 s) but not with the validation after it."""
     import time
     from types import SimpleNamespace
@@ -101,11 +101,13 @@ def test_max_minutes_keeps_room_for_the_final_validation():
 
     trainer = SimpleNamespace(
         config=TrainConfig(max_minutes=8, eval_every=30, eval_batches=4), started=time.monotonic() - 400,
-        last_step_seconds=30.0, validation_seconds=None, stop_signal=None, parallel=SimpleNamespace(world_size=1),
+        last_step_seconds=30.0, validation_seconds=None, save_seconds=0.0, stop_signal=None,
+        parallel=SimpleNamespace(world_size=1), task=SimpleNamespace(patience=None), evaluations_since_best=0,
     )  # fmt: skip
     assert Trainer._stop_reason(trainer) == "max_minutes"  # 400 + 30 + 4 batches × 30 s = 550 s > 480 s
     trainer.validation_seconds = 40.0  # measured: 470 s fits
     assert Trainer._stop_reason(trainer) is None
-    trainer.config = TrainConfig(max_minutes=8, eval_every=0)  # no validation to keep room for
-    trainer.validation_seconds = None
+    trainer.save_seconds = 6.0  # the final checkpoint and the export: 470 + 2 × 6 = 482 s > 480 s
+    assert Trainer._stop_reason(trainer) == "max_minutes"
+    trainer.config = TrainConfig(max_minutes=8, eval_every=0, checkpoint_every=0)  # only the export to keep room for
     assert Trainer._stop_reason(trainer) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import KiloError
@@ -41,15 +42,19 @@ def register(subparsers) -> None:
     finetune.add_argument("model_dir", metavar="MODEL_DIR", type=Path)
     finetune.add_argument("--task", required=True, choices=("qqp", "mrpc"))
     finetune.add_argument("--data-dir", help="reference data folder (layout of shared/data); default $KILOLAYER_DATA")
-    finetune.add_argument("--out", type=Path, help="run folder: model/, checkpoints/, finetune.json, finetune.md (default MODEL_DIR/finetune-TASK)")
+    finetune.add_argument("--out", type=Path, help="run folder: config.yaml, metrics.jsonl, tensorboard/, checkpoints/, model/ (the best validation), finetune.json, finetune.md (default MODEL_DIR/finetune-TASK)")
     finetune.add_argument("--epochs", type=_positive_int, default=3)
     finetune.add_argument("--patience", type=_positive_int, default=3, help="evaluations without improvement before stopping")
-    finetune.add_argument("--config", metavar="FILE", help="a YAML file whose train section overrides the fine-tuning defaults")
+    finetune.add_argument(
+        "--preset", default="glue",
+        help="a fine-tuning recipe: glue (default: BERT's, lr 3e-5, batch 32, linear decay) or a YAML file with a train section",
+    )
+    finetune.add_argument("--config", metavar="FILE", help="a YAML file whose train section overrides the preset's")
     finetune.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="train.KEY=VALUE",
-        help="override one training setting, as in pretrain: train.lr (default 3e-5, BERT's recipe), train.batch_size "
-        "(pairs per micro-batch, 32), train.grad_accum, train.seq_len (min(128, model positions)), train.eval_every "
-        "(once per epoch), train.precision, train.activation_checkpointing, train.seed, ... (repeatable)",
+        help="override one training setting, as in pretrain: train.lr, train.batch_size (pairs per micro-batch), "
+        "train.grad_accum, train.seq_len (at most the model's positions), train.eval_every (once per epoch), "
+        "train.precision, train.activation_checkpointing, train.max_minutes, train.seed, ... (repeatable)",
     )
     finetune.add_argument("--limit", type=_positive_int, help="first N pairs of the train and test splits (quick runs)")
     finetune.add_argument("--resume", choices=("auto", "never"), default="auto", help="auto: continue from OUT's checkpoint if there is one")
@@ -153,8 +158,17 @@ def run_finetune(args) -> int:
         limit=args.limit,
         resume=args.resume == "auto",
         device=args.device,
+        preset=args.preset,
         **options,
     )
+    if record is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
+    if record["stopped_by"] == "signal":
+        print(f"kilolayer finetune: interrupted at step {record['steps']}; checkpoint {record['checkpoint']}; rerun the same command to continue", file=sys.stderr)
+        return 130
     print((out / "finetune.md").read_text(encoding="utf-8"))
     print(f"wrote {out / 'finetune.json'}, {out / 'finetune.md'} and the fine-tuned model in {record['model_out']}")
+    if record["stopped_by"] == "nonfinite":
+        print(f"kilolayer finetune: the run stopped on non-finite losses at step {record['steps']}; model/ holds its best evaluation", file=sys.stderr)
+        return 1
     return 0

@@ -4,39 +4,31 @@ Splits (see shared/data/README.md): QQP's train split is not available offline, 
 split by ``idx % 4`` (0 → test, 10,108 pairs; else → train, 30,322 pairs) unless
 ``glue/qqp/train.jsonl`` exists; MRPC uses its train and test files. Every 10th training pair
 (positions 0, 10, 20, …) is held out as the validation slice that picks the best evaluation and
-stops training early. The pieces are the pretraining engine's (``kilolayer.train``): settings in a
-``TrainConfig``, its AdamW, LR schedule, atomic checkpoints, resume check and model export, so a
-fine-tuning run is configured, checkpointed and resumed like a pretraining run.
+stops training early.
+
+Fine-tuning is a ``GlueTask`` run by the pretraining engine's ``Trainer`` (``kilolayer.train.loop``):
+the same config resolution (``--preset`` from ``presets/finetune/``, ``--config``, ``--set train.*``),
+accumulation, precision, activation checkpointing, the stability guard and rollback, DDP/FSDP under
+torchrun, checkpoints and exact resume, config.yaml, metrics.jsonl and TensorBoard.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
-import time
 from pathlib import Path
 
+import torch
+
 from ..errors import KiloError
-from ..paths import check_writable_folder
+from ..train.task import Task, model_section
 from .metrics import binary_metrics
 from .task_data import read_jsonl
 
 TASK_FIELDS = {"qqp": ("question1", "question2"), "mrpc": ("sentence1", "sentence2")}
 VALIDATION_EVERY = 10  # every 10th training pair is validation
-
-# BERT's fine-tuning recipe (Devlin et al. 2019): AdamW, 10 % linear warmup, linear decay to 0,
-# batch 32, 3 epochs, lr from {2, 3, 5}e-5. The paper gives no fine-tuning settings.
-DEFAULTS = {
-    "lr": 3e-5,
-    "batch_size": 32,
-    "seq_len": 128,
-    "schedule": "linear",
-    "min_lr_ratio": 0.0,
-    "weight_decay": 0.01,
-    "adam_beta2": 0.999,
-    "grad_clip": 1.0,
-}
-WARMUP_FRACTION = 0.1
+WARMUP_FRACTION = 0.1  # of the schedule's horizon (BERT's recipe)
+DEFAULT_PRESET = "glue"
 
 
 def load_splits(task: str, data_dir: Path, limit: int | None = None) -> tuple[dict[str, list[dict]], str]:
@@ -94,8 +86,6 @@ def encode(tokenizer, task: str, rows: list[dict], max_length: int) -> list[dict
 
 def predict(model, tokenizer, examples: list[dict], batch_size: int) -> list[int]:
     """Argmax class of every example, in order."""
-    import torch
-
     model.eval()
     predictions = []
     with torch.inference_mode():
@@ -115,44 +105,189 @@ def validation_score(metrics: dict) -> float:
     return (metrics["accuracy"] + metrics["f1"]) / 2
 
 
+class PairBatches:
+    """This rank's micro-batch ``index``: the next ``batch_size`` pairs of an endless stream of epochs, each a
+    permutation of the training pairs seeded by ``seed + epoch``. A pure function of the index, so a resumed or
+    rolled-back run sees exactly the pairs it would have; ranks take interleaved micro-batches."""
+
+    def __init__(self, examples: list[dict], collate, tokenizer, batch_size: int, seed: int, rank: int, world_size: int):
+        self.examples, self.collate, self.tokenizer = examples, collate, tokenizer
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+
+    @functools.lru_cache(maxsize=4)
+    def _order(self, epoch: int) -> list[int]:
+        return torch.randperm(len(self.examples), generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+
+    def get_batch(self, index: int) -> dict:
+        first = (index * self.world_size + self.rank) * self.batch_size
+        count = len(self.examples)
+        chosen = [self._order(position // count)[position % count] for position in range(first, first + self.batch_size)]
+        return self.collate(self.tokenizer, [self.examples[i] for i in chosen], "cpu")
+
+
 def check_out_dir(out_dir: Path, model_dir: Path) -> None:
-    """``--out`` must be new, empty, or an earlier fine-tuning run, and must not hold the model being tuned."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise KiloError(f"--out {out_dir} is a file; give a folder")
-    if Path(model_dir).resolve().is_relative_to(out_dir.resolve()):
+    """``--out`` must not hold the model being tuned (the engine checks the rest: another kind of run, a foreign folder)."""
+    if Path(model_dir).resolve().is_relative_to(Path(out_dir).resolve()):
         raise KiloError(f"--out {out_dir} holds the model being fine-tuned ({model_dir}); choose another --out (default MODEL_DIR/finetune-TASK)")
-    check_writable_folder(out_dir, "--out")
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        return
-    if (out_dir / "config.yaml").is_file():
-        raise KiloError(f"--out {out_dir} holds a pretraining run; choose another --out (default MODEL_DIR/finetune-TASK)")
-    if not ((out_dir / "finetune.json").is_file() or (out_dir / "checkpoints").is_dir()):
-        raise KiloError(f"--out {out_dir} exists, is not empty and holds no fine-tuning run; choose a new or empty folder")
 
 
-def resolve_train_config(config, train_size: int, epochs: int, train_options: dict):
-    """(TrainConfig, steps per epoch): ``DEFAULTS`` < ``train_options``; max_steps from the epochs (a step is
-    batch_size × grad_accum pairs), a 10 % warmup, one evaluation per epoch and at most the model's positions
-    unless given."""
+def resolve_train_config(
+    model_config, train_size: int, epochs: int, recipe: dict, options: dict, world_size: int, stored_horizon: int | None
+):
+    """(TrainConfig, steps per epoch). The ``recipe`` (the preset's train section, its seq_len cut to the model's
+    positions) under ``options`` (--config, --set), plus what the data decides: max_steps from the epochs (a step is
+    batch_size × grad_accum × ranks pairs), a warmup of 10 % of the schedule's horizon (the first invocation's
+    max_steps, so more --epochs on resume continue the same schedule), one evaluation and checkpoint per epoch."""
     from ..train.config import TrainConfig
 
-    if "max_steps" in train_options:
+    if "max_steps" in options:
         raise KiloError("finetune sets train.max_steps from --epochs; give --epochs instead")
-    pairs_per_step = train_options.get("batch_size", DEFAULTS["batch_size"]) * train_options.get("grad_accum", 1)
+    max_positions = model_config.max_position_embeddings
+    if options.get("seq_len", 0) > max_positions:
+        raise KiloError(f"train.seq_len {options['seq_len']} exceeds the model's {max_positions} positions; give at most {max_positions}")
+    given = {**recipe, "seq_len": min(recipe.get("seq_len", max_positions), max_positions), **options}
+    pairs_per_step = given.get("batch_size", 8) * given.get("grad_accum", 1) * world_size
     steps_per_epoch = math.ceil(train_size / pairs_per_step)
     max_steps = epochs * steps_per_epoch
-    max_positions = config.max_position_embeddings
-    options = {
-        **DEFAULTS,
-        "seq_len": min(DEFAULTS["seq_len"], max_positions),
-        "warmup_steps": round(WARMUP_FRACTION * max_steps),
-        "eval_every": steps_per_epoch,
-        **train_options,
+    horizon = given.get("decay_steps") or stored_horizon or max_steps
+    eval_every = given.get("eval_every", steps_per_epoch)
+    resolved = {
+        "warmup_steps": round(WARMUP_FRACTION * horizon),
+        "eval_every": eval_every,
+        "checkpoint_every": eval_every,
+        **given,
+        "decay_steps": horizon,
         "max_steps": max_steps,
     }
-    if options["seq_len"] > max_positions:
-        raise KiloError(f"--seq-len {options['seq_len']} exceeds the model's {max_positions} positions; give at most {max_positions}")
-    return TrainConfig.from_dict(options), steps_per_epoch
+    return TrainConfig.from_dict(resolved), steps_per_epoch
+
+
+class GlueTask(Task):
+    """Sentence-pair classification of a pretrained folder: a classification head on GPT/BERT, or text-to-text
+    (``text_to_text.py``) for an encoder-decoder. Validation metric: mean of accuracy and F1; the best is exported."""
+
+    kind = "finetune"
+    metric = "score"
+    higher_is_better = True
+    keeps_best = True
+
+    def __init__(self, model_dir: Path, task: str, data_dir: Path, limit: int | None, patience: int):
+        from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+        from . import text_to_text
+        from .model_folder import check_weights, load_config, load_folder_tokenizer
+
+        self.model_dir, self.task, self.limit, self.patience = Path(model_dir), task, limit, patience
+        self.splits, self.splits_note = load_splits(task, data_dir, limit)
+        if not all(self.splits.values()):
+            sizes = ", ".join(f"{name} {len(rows)}" for name, rows in self.splits.items())
+            raise KiloError(f"too few {task} pairs for train/validation/test ({sizes}); raise --limit")
+        self.model_config = load_config(model_dir)
+        check_weights(model_dir)
+        # An encoder-decoder is fine-tuned text-to-text, the others with a classification head.
+        self.encode, self.collate, self.predict, self.auto_class = (
+            (text_to_text.encode, text_to_text.collate, text_to_text.predict, AutoModelForSeq2SeqLM)
+            if getattr(self.model_config, "is_encoder_decoder", False)
+            else (encode, _collate, predict, AutoModelForSequenceClassification)
+        )
+        self.model_config.num_labels = 2
+        self.tokenizer = load_folder_tokenizer(model_dir)
+        if self.tokenizer.pad_token is None:  # GPT-2 BPE has none; pad with EOS (masked out anyway)
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.description = f"GLUE {task.upper()}: {self.splits_note}"
+        self.examples: dict[str, list[dict]] = {}
+
+    def step_size(self, config, world_size: int) -> str:
+        return f"{config.batch_size * config.grad_accum * world_size} pairs/step (at most {config.seq_len} tokens each)"
+
+    def prepare(self, trainer) -> None:
+        self.examples = {name: self.encode(self.tokenizer, self.task, rows, trainer.config.seq_len) for name, rows in self.splits.items()}
+
+    def settings(self) -> dict:
+        return {
+            "finetune": {"task": self.task, "limit": self.limit, "model_dir": str(self.model_dir), "patience": self.patience},
+            "model": model_section(self.model_config),
+        }
+
+    def build_model(self, device: torch.device) -> torch.nn.Module:
+        from .model_folder import check_loaded
+
+        model = self.auto_class.from_pretrained(self.model_dir, config=self.model_config).to(device)
+        check_loaded(model, self.tokenizer, self.model_dir)
+        return model
+
+    def train_batches(self, config, rank: int, world_size: int) -> PairBatches:
+        return PairBatches(self.examples["train"], self.collate, self.tokenizer, config.batch_size, config.seed, rank, world_size)
+
+    def validate(self, trainer) -> dict:
+        """Every rank scores the whole validation slice (same result everywhere; FSDP needs every rank's forwards)."""
+        examples = self.examples["validation"]
+        predictions = self.predict(trainer.model, self.tokenizer, examples, trainer.config.batch_size)
+        metrics = binary_metrics([example["labels"] for example in examples], predictions)
+        return {**metrics, "score": validation_score(metrics)}
+
+    def card(self, trainer) -> dict:
+        valid = trainer.last_valid
+        return {
+            "title": f"{self.model_dir.name} fine-tuned on GLUE {self.task.upper()}",
+            "kind": f"sentence-pair classifier (GLUE {self.task.upper()}, label 1 = duplicate / paraphrase)",
+            "auto_class": self.auto_class.__name__,
+            "table": {
+                "base model": f"`{self.model_dir}`",
+                "task": f"GLUE {self.task.upper()}",
+                "best validation": (
+                    f"step {valid['step']}: accuracy {valid['accuracy']:.4f}, F1 {valid['f1']:.4f} (score {valid['score']:.4f})"
+                ),
+            },
+        }
+
+    def finish(self, trainer, result) -> None:
+        """Score the best model on the test split; write finetune.json and finetune.md (rank 0)."""
+        from transformers import AutoModelForSeq2SeqLM  # noqa: F401  (the auto classes register kilolayer's models)
+
+        from ..atomic import write_text
+        from ..train.metrics import read_metrics
+        from .report import finetune_markdown, write_json
+
+        out_dir = trainer.folder.out_dir
+        if result.stopped_by == "signal":  # checkpointed; the rerun continues and reports
+            self.record = {"stopped_by": "signal", "steps": result.steps, "checkpoint": str(result.checkpoint)}
+            return
+        if result.export_dir is None:
+            raise KiloError(f"fine-tuning stopped ({result.stopped_by}) at step {result.steps} before any validation; lower train.lr")
+        if not trainer.parallel.is_main:
+            return
+        best = self.auto_class.from_pretrained(result.export_dir).to(trainer.parallel.device)
+        test = self.examples["test"]
+        config = trainer.config
+        history = [
+            {key: value for key, value in record.items() if key not in ("kind", "time")}
+            for record in read_metrics(result.metrics_path)
+            if record.get("kind") == "valid"
+        ]
+        self.record = {
+            "task": self.task,
+            "model_dir": str(self.model_dir),
+            "model": self.model_config.summary() if hasattr(self.model_config, "summary") else self.model_config.model_type,
+            "splits_note": self.splits_note,
+            "examples": {name: len(rows) for name, rows in self.examples.items()},
+            "train_config": config.to_dict(),
+            "patience": self.patience,
+            "steps": result.steps,
+            "resumed_from_step": trainer.resume_from[1]["step"] if trainer.resume_from else 0,
+            "best_step": result.best_step,
+            "best_validation_score": result.best_value,
+            "stopped_by": result.stopped_by,
+            "stopped_early": result.stopped_by == "early_stop",
+            "skipped_steps": result.skipped_steps,
+            "rollbacks": result.rollbacks,
+            "seconds_this_session": round(result.wall_seconds, 2),
+            "history": history,
+            "test_metrics": binary_metrics([example["labels"] for example in test], self.predict(best, self.tokenizer, test, config.batch_size)),
+            "model_out": str(result.export_dir),
+        }
+        write_json(out_dir / "finetune.json", self.record)
+        write_text(out_dir / "finetune.md", finetune_markdown(self.record))
 
 
 def finetune(
@@ -165,195 +300,36 @@ def finetune(
     limit: int | None = None,
     resume: bool = True,
     device: str | None = None,
+    preset: str = DEFAULT_PRESET,
+    progress: bool = True,
     **train_options,
-) -> dict:
+) -> dict | None:
     """Fine-tune, keep the best validation model in ``out_dir/model``, score it on the test split.
 
-    ``train_options`` are TrainConfig fields over ``DEFAULTS`` (lr, batch_size, seq_len, eval_every,
-    seed, …). An evaluation on the validation slice happens every ``eval_every`` steps (default: once
-    per epoch) and writes a checkpoint with the pretraining engine's writer; ``patience`` evaluations
-    without improvement stop the run. With ``resume`` a run continues from ``out_dir``'s newest valid
-    checkpoint, as ``kilolayer train --resume auto`` does. Returns the record in ``out_dir/finetune.json``.
+    ``train_options`` are TrainConfig fields over the ``preset``'s (a name in ``presets/finetune/`` or a YAML
+    file with a train section). An evaluation on the validation slice happens every ``eval_every`` steps (default:
+    once per epoch) and is checkpointed; ``patience`` evaluations without a new best stop the run. With
+    ``resume`` a run continues from ``out_dir``'s newest valid checkpoint, as ``kilolayer pretrain`` does.
+    Returns the record in ``out_dir/finetune.json`` (None on ranks other than 0 under torchrun).
     """
-    import torch
-    from tqdm import tqdm
-    from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+    import os
 
-    from ..train import checkpoint
-    from ..train.distributed import Parallel
-    from ..train.export import export_model
-    from ..train.faults import Faults
-    from ..train.guard import StabilityGuard
-    from ..train.loop import build_optimizer, first_difference
-    from ..train.process import ProcessSettings
-    from ..train.schedule import learning_rate
-    from .model_folder import check_loaded, check_weights, load_config, load_folder_tokenizer, pick_device
-    from ..atomic import write_text
-    from .report import finetune_markdown, write_json
-    from . import text_to_text
+    from ..presets import FINETUNE_PRESET_DIR, load_preset
+    from ..train.loop import run_task
+    from ..train.run_folder import RunFolder
+    from .model_folder import pick_device
 
     out_dir = Path(out_dir)
     check_out_dir(out_dir, Path(model_dir))
-    splits, splits_note = load_splits(task, data_dir, limit)
-    config = load_config(model_dir)
-    check_weights(model_dir)
-    device = pick_device(device)
-    # An encoder-decoder is fine-tuned text-to-text (text_to_text.py), the others with a classification head.
-    encode_pairs, collate, predict_labels, auto_class = (
-        (text_to_text.encode, text_to_text.collate, text_to_text.predict, AutoModelForSeq2SeqLM)
-        if getattr(config, "is_encoder_decoder", False)
-        else (encode, _collate, predict, AutoModelForSequenceClassification)
+    recipe = load_preset(preset, FINETUNE_PRESET_DIR)
+    if recipe["model"]:
+        raise KiloError(f"fine-tuning preset {preset} has a model section; the model is MODEL_DIR's, keep train.* only")
+    glue = GlueTask(Path(model_dir), task, data_dir, limit, patience)
+    stored = (RunFolder(out_dir, "finetune", None, None).saved_config() or {}).get("train") or {}
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    config, _ = resolve_train_config(
+        glue.model_config, len(glue.splits["train"]), epochs, recipe["train"], train_options, world_size, stored.get("decay_steps")
     )
-    tokenizer = load_folder_tokenizer(model_dir)
-    if tokenizer.pad_token is None:  # GPT-2 BPE has none; pad with EOS (masked out anyway)
-        tokenizer.pad_token = tokenizer.eos_token
-    if not (splits["train"] and splits["validation"] and splits["test"]):
-        sizes = ", ".join(f"{name} {len(rows)}" for name, rows in splits.items())
-        raise KiloError(f"too few {task} pairs for train/validation/test ({sizes}); raise --limit")
-    train_config, steps_per_epoch = resolve_train_config(config, len(splits["train"]), epochs, train_options)
-    run_settings = {"train": {**train_config.to_dict(), "task": task, "limit": limit, "model_dir": str(model_dir)}}
-    examples = {name: encode_pairs(tokenizer, task, rows, train_config.seq_len) for name, rows in splits.items()}
-
-    checkpoint_root = out_dir / "checkpoints"
-    found = checkpoint.latest_valid(checkpoint_root) if checkpoint_root.is_dir() else None
-    if found and not resume:
-        raise KiloError(f"--out {out_dir} already holds a fine-tuning run; continue it with --resume auto, or choose a new --out")
-    if found and "run" not in found[1]:
-        raise KiloError(f"--out {out_dir} holds checkpoints of another kind of run; choose another --out")
-    if found:
-        difference = first_difference(found[1]["run"], run_settings)
-        if difference:
-            raise KiloError(f"{found[0]} was fine-tuned with {difference}; resume with the same settings, or choose a new --out")
-
-    parallel = Parallel(device=device)
-    torch.manual_seed(train_config.seed)  # the classifier head's initialisation
-    config.num_labels = 2
-    model = auto_class.from_pretrained(model_dir, config=config).to(parallel.device)
-    check_loaded(model, tokenizer, model_dir)
-    if train_config.activation_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    optimizer = build_optimizer(model, train_config, sharded=False)
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    guard = StabilityGuard(train_config)
-    state = {"step": 0, "best_score": -math.inf, "best_step": 0, "evaluations_without_improvement": 0, "history": []}
-    if found:
-        folder, meta = found
-        checkpoint.load_checkpoint(folder, meta, parallel=parallel, model=model, optimizer=optimizer, restore_rng=True)
-        state = meta["loop"]
-        guard = StabilityGuard(train_config, StabilityGuard.state_from(meta.get("guard") or {}))
-        print(f"resumed from {folder} at step {state['step']}")
-    process_settings = ProcessSettings(parallel.device)
-    process_settings.apply()
-    autocast = (
-        (lambda: torch.autocast(parallel.device.type, dtype=torch.bfloat16))
-        if train_config.precision == "bf16"
-        else contextlib.nullcontext
-    )
-    pairs_per_step = train_config.batch_size * train_config.grad_accum
-
-    resumed_from_step = state["step"]
-    start = time.perf_counter()
-    progress = tqdm(total=train_config.max_steps, initial=state["step"], desc=f"fine-tuning {task}")
-    stopped_early = state["evaluations_without_improvement"] >= patience
-    stopped_nonfinite = guard.diverged
-    try:
-        while state["step"] < train_config.max_steps and not stopped_early and not stopped_nonfinite:
-            step = state["step"]
-            epoch, position = divmod(step, steps_per_epoch)
-            order = torch.randperm(len(examples["train"]), generator=torch.Generator().manual_seed(train_config.seed + epoch))
-            indices = order[position * pairs_per_step : (position + 1) * pairs_per_step].tolist()
-            model.train()
-            loss = torch.zeros((), device=parallel.device)
-            for begin in range(0, len(indices), train_config.batch_size):  # grad_accum micro-batches, mean over pairs
-                micro = indices[begin : begin + train_config.batch_size]
-                batch = collate(tokenizer, [examples["train"][index] for index in micro], model.device)
-                with autocast():
-                    micro_loss = model(**batch).loss * (len(micro) / len(indices))
-                micro_loss.backward()
-                loss += micro_loss.detach()
-            if train_config.grad_clip:
-                grad_norm = torch.nn.utils.clip_grad_norm_(parameters, train_config.grad_clip)
-            else:
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
-            verdict, _ = guard.check(step + 1, loss.item(), grad_norm.item())
-            if verdict == "step":  # a non-finite step is skipped (the data moves on); max_bad_steps in a row stop the run
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(train_config, step)
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            stopped_nonfinite = verdict in ("rollback", "stop")
-            state["step"] = step + 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-            if state["step"] % train_config.eval_every == 0 or state["step"] == train_config.max_steps:
-                metrics = binary_metrics(
-                    [example["labels"] for example in examples["validation"]],
-                    predict_labels(model, tokenizer, examples["validation"], train_config.batch_size),
-                )
-                score = validation_score(metrics)
-                state["history"].append({"step": state["step"], "loss": loss.item(), "validation": metrics})
-                if score > state["best_score"]:
-                    state.update(best_score=score, best_step=state["step"], evaluations_without_improvement=0)
-                    card = model_card(task, model_dir, splits_note, state["step"], metrics, auto_class.__name__)
-                    export_model(model, tokenizer, out_dir / "model", card)
-                else:
-                    state["evaluations_without_improvement"] += 1
-                stopped_early = state["evaluations_without_improvement"] >= patience
-                progress.write(f"step {state['step']}: validation accuracy {metrics['accuracy']:.4f} F1 {metrics['f1']:.4f}")
-                checkpoint.save_checkpoint(
-                    checkpoint_root, state["step"], parallel=parallel, model=model, optimizer=optimizer,
-                    state={"loop": state, "run": run_settings, "guard": guard.state_dict()}, keep=train_config.keep_checkpoints,
-                    faults=Faults(),
-                )
-    finally:
-        progress.close()
-        process_settings.restore()
-    if not (out_dir / "model").is_dir():
-        raise KiloError(f"fine-tuning stopped on non-finite losses at step {state['step']} before any validation; lower train.lr")
-
-    best = auto_class.from_pretrained(out_dir / "model").to(model.device)
-    test_labels = [example["labels"] for example in examples["test"]]
-    record = {
-        "task": task,
-        "model_dir": str(model_dir),
-        "model": config.summary() if hasattr(config, "summary") else config.model_type,
-        "splits_note": splits_note,
-        "examples": {name: len(rows) for name, rows in examples.items()},
-        "train_config": {
-            key: getattr(train_config, key)
-            for key in (*DEFAULTS, "grad_accum", "precision", "activation_checkpointing", "warmup_steps", "eval_every", "max_steps", "seed")
-        },
-        "epochs": epochs,
-        "patience": patience,
-        "steps": state["step"],
-        "resumed_from_step": resumed_from_step,
-        "best_step": state["best_step"],
-        "best_validation_score": state["best_score"],
-        "stopped_early": stopped_early,
-        "stopped_nonfinite": stopped_nonfinite,
-        "skipped_steps": guard.state.skipped_steps,
-        "seconds_this_session": round(time.perf_counter() - start, 2),
-        "history": state["history"],
-        "test_metrics": binary_metrics(test_labels, predict_labels(best, tokenizer, examples["test"], train_config.batch_size)),
-        "model_out": str(out_dir / "model"),
-    }
-    write_json(out_dir / "finetune.json", record)
-    write_text(out_dir / "finetune.md", finetune_markdown(record))
-    return record
-
-
-def model_card(task: str, base: str | Path, splits_note: str, step: int, validation: dict, auto_class: str) -> str:
-    """README.md of the exported fine-tuned model: what it was tuned on and how to load it."""
-    return f"""# kilolayer model fine-tuned on GLUE {task.upper()}
-
-Base model: `{base}`. Best validation evaluation at step {step}: accuracy {validation['accuracy']:.4f}, F1 {validation['f1']:.4f}
-(label 1 = duplicate / paraphrase). Splits: {splits_note}.
-
-```python
-import kilolayer  # registers the kilolayer architecture with the Auto classes
-from transformers import {auto_class}, AutoTokenizer
-
-model = {auto_class}.from_pretrained("<this folder>")
-tokenizer = AutoTokenizer.from_pretrained("<this folder>")
-```
-"""
+    result_device = pick_device(device) if device else None
+    run_task(glue, config, out_dir, "auto" if resume else "never", progress, result_device)
+    return getattr(glue, "record", None)

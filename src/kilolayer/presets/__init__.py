@@ -14,11 +14,12 @@ import yaml
 from ..errors import KiloError
 
 PRESET_DIR = Path(__file__).parent
+FINETUNE_PRESET_DIR = PRESET_DIR / "finetune"  # fine-tuning recipes: a train section only (the model is MODEL_DIR's)
 SECTIONS = ("model", "train")
 
 
-def list_presets() -> list[str]:
-    return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+def list_presets(folder: Path = PRESET_DIR) -> list[str]:
+    return sorted(path.stem for path in folder.glob("*.yaml"))
 
 
 def _read_yaml(path: Path) -> dict:
@@ -33,13 +34,13 @@ def _read_yaml(path: Path) -> dict:
     return loaded
 
 
-def load_preset(name: str) -> dict:
-    """The preset called ``name`` (or the YAML file at that path), as {"model": {...}, "train": {...}}."""
+def load_preset(name: str, folder: Path = PRESET_DIR) -> dict:
+    """The preset called ``name`` in ``folder`` (or the YAML file at that path), as {"model": {...}, "train": {...}}."""
     path = Path(name)
     if not path.suffix:
-        path = PRESET_DIR / f"{name}.yaml"
+        path = folder / f"{name}.yaml"
         if not path.is_file():
-            raise KiloError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())}")
+            raise KiloError(f"unknown preset {name!r}; known presets: {', '.join(list_presets(folder))}")
     elif not path.is_file():
         raise KiloError(f"config file {path} does not exist")
     config = _read_yaml(path)

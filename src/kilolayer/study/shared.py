@@ -54,7 +54,7 @@ def prepare_study(base: dict) -> tuple[dict, str, Baselines]:
     """
     from ..data import prepare_data
     from ..train.config import TrainConfig
-    from ..train.loop import default_cache_dir
+    from ..train.task import default_cache_dir
 
     train_config = TrainConfig.from_dict(base["train"])
     prepared = prepare_data(train_config, base["model"]["arch"], default_cache_dir())

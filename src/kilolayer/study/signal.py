@@ -141,7 +141,7 @@ def run_signal(base: dict, schemes: list[str], depths: list[int], steps: list[in
 
     from ..data import prepare_data
     from ..train.config import TrainConfig
-    from ..train.loop import default_cache_dir
+    from ..train.task import default_cache_dir
     from ..train.process import flushes_denormals
     from .shared import load_json
 

@@ -56,6 +56,7 @@ def pretrain_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..presets import resolve_config
+    from ..study.verdicts import MIN_CONTEXT_GAIN
     from .loop import train
 
     config = resolve_config(args.preset, args.config, args.overrides)
@@ -84,6 +85,14 @@ def pretrain_command(args: argparse.Namespace) -> int:
         f"{result.skipped_steps} skipped steps, {result.rollbacks} rollbacks"
     )
     print(f"run folder {out}: metrics.jsonl, tensorboard/, loss_curve.png, checkpoints/" + (", model/" if result.export_dir else ""))
+    context_gain = (result.validation or {}).get("context_gain")
+    if context_gain is not None and context_gain < MIN_CONTEXT_GAIN:
+        print(
+            f"kilolayer pretrain: note: context gain {context_gain:.3f} nats (validation loss with shuffled inputs minus with "
+            f"its own): the model barely uses its input yet, so a low loss is word frequencies, not language modelling; "
+            f"see docs/study-cpu.md for which schemes learn at this depth",
+            file=sys.stderr,
+        )
     if result.flagged_at is not None:
         print(
             f"kilolayer pretrain: warning: the smoothed loss is far above its best since step {result.flagged_at} (divergence flag); "

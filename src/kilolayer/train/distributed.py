@@ -103,12 +103,13 @@ class Parallel:
             dist.destroy_process_group()
 
 
-def setup(strategy: str) -> Parallel:
-    """Parallel for this process: single when not launched by torchrun, else join (or reuse) the process group."""
+def setup(strategy: str, device: torch.device | None = None) -> Parallel:
+    """Parallel for this process: single when not launched by torchrun (on ``device``, else the first GPU when
+    there is one), else join (or reuse) the process group, one GPU per local rank."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     if world_size == 1 and not dist.is_initialized():
-        return Parallel(device=torch.device("cuda", 0) if cuda else torch.device("cpu"))
+        return Parallel(device=device or (torch.device("cuda", 0) if cuda else torch.device("cpu")))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     owns = not dist.is_initialized()

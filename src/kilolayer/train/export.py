@@ -42,15 +42,57 @@ def export_model(model: nn.Module, tokenizer, folder: Path, card: str) -> Path:
     return atomic_replace(folder, write)
 
 
+def card_facts(trainer, folder: Path) -> dict:
+    """The model card's facts: the task's (title, kind, auto_class, its rows) and the training rows every run has."""
+    import platform
+
+    from .. import __version__
+
+    config, parallel, guard = trainer.config, trainer.parallel, trainer.guard.state
+    facts = trainer.task.card(trainer)
+    flag = (
+        f"; divergence flag up since step {guard.flagged_at} (smoothed loss above {config.divergence_factor:g} × its best)"
+        if guard.flagged_at is not None
+        else ""
+    )
+    training = {
+        "optimizer steps": f"{trainer.step:,} (max_steps {config.max_steps:,})",
+        "batch": (
+            f"{config.batch_size} × {config.grad_accum} accumulation × {parallel.world_size} rank(s): "
+            f"{trainer.task.step_size(config, parallel.world_size)}"
+        ),
+        "optimizer": (
+            f"AdamW, lr {config.lr:g}, betas ({config.adam_beta1}, {config.adam_beta2}), eps {config.adam_eps:g}, "
+            f"weight decay {config.weight_decay:g}"
+        ),
+        "schedule": (
+            f"{config.warmup_steps} warmup steps, then {config.schedule} decay until step {config.decay_steps} "
+            f"(min_lr_ratio {config.min_lr_ratio:g})"
+        ),
+        "precision": config.precision + (", activation checkpointing" if config.activation_checkpointing else ""),
+        "stability guard": f"{guard.skipped_steps} skipped steps, {guard.rollbacks} rollbacks{flag}",
+        "hardware": f"{parallel.world_size} × {parallel.device.type} ({platform.machine()}), torch {torch.__version__}",
+        "training time": (
+            f"{trainer.train_seconds:,.0f} s in optimizer steps of the last session "
+            f"({trainer.train_seconds / max(trainer.session_steps, 1):.2f} s/step)"
+        ),
+        "kilolayer": __version__,
+    }
+    return {
+        **facts,
+        "table": {**facts["table"], **training},
+        "model_config": trainer.task.model_config,
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "data": trainer.task.description,
+        "folder": str(folder),
+    }
+
+
 def model_card(facts: dict) -> str:
     """A short README.md: what the model is, how it was trained (every fact from the run), how to load it."""
     config = facts["model_config"]
     rows = "\n".join(f"| {name} | {value} |" for name, value in facts["table"].items())
-    head, kind = {
-        "gpt": ("AutoModelForCausalLM", "GPT (causal LM)"),
-        "bert": ("AutoModelForMaskedLM", "BERT (masked LM)"),
-        "encdec": ("AutoModelForSeq2SeqLM", "encoder-decoder (span-corruption LM)"),
-    }[config.arch]
+    head, kind = facts["auto_class"], facts["kind"]
     return f"""---
 library_name: transformers
 tags: [kilolayer, {config.scheme}, deep-transformer]
