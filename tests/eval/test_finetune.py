@@ -143,3 +143,14 @@ def test_finetune_under_ddp_matches_one_process_accumulating(bert_folder, shared
     expected = load_file(tmp_path / "one" / final)
     for name, tensor in load_file(tmp_path / "ddp" / final).items():
         torch.testing.assert_close(tensor, expected[name], rtol=1e-4, atol=1e-5)
+
+
+def test_finetune_rolls_back_on_repeated_nan_gradients(bert_folder, shared_data, tmp_path, monkeypatch):
+    """The engine's stability guard guards fine-tuning too: step 5 fails three times, the run goes back to the
+    checkpoint of step 3 (one per epoch) with half the LR and finishes."""
+    monkeypatch.setenv("KILOLAYER_FAULTS", "nan_grad@5*3")
+    options = {"limit": 100, "lr": 1e-3, "schedule": "constant", "warmup_steps": 0, "max_bad_steps": 3}
+    record = finetune(bert_folder, "mrpc", shared_data, tmp_path / "run", epochs=2, progress=False, **options)
+    assert (record["steps"], record["skipped_steps"], record["rollbacks"], record["stopped_by"]) == (6, 3, 1, "max_steps")
+    rollback = next(r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r.get("event") == "rollback")
+    assert (rollback["to_step"], rollback["lr_scale"]) == (3, 0.5)

@@ -4,7 +4,7 @@
     python -m kilolayer.bench.threads --busy 2 --steps 3
 
 The model is the gpt-1k-cpu preset's (1000 × 64 FoundationLayerNorm GPT, vocabulary 4096), one AdamW
-step on 8 × 64 tokens, denormals flushed, as the trainer runs it. Each policy runs in its own process:
+step on the preset's batch (4 × 64 tokens), denormals flushed, as the trainer runs it. Each policy runs in its own process:
 
 * ``default``: what ``kilolayer pretrain`` does (``kilolayer.threads.apply_thread_policy`` before torch);
 * ``1 thread`` and ``N threads``: ``OMP_NUM_THREADS`` fixed, the wait policy torch's own (threads spin).
