@@ -24,6 +24,7 @@ def test_explicit_threads_win_over_the_environment_and_the_load(monkeypatch):
     environ = {"OMP_NUM_THREADS": "3"}
     assert threads.choose_threads(5, environ).threads == 5
     assert threads.choose_threads(None, environ) == threads.ThreadChoice(3, None, "OMP_NUM_THREADS")
+    assert threads.choose_threads(None, {**environ, "GOMP_SPINCOUNT": "0"}).wait == "GOMP_SPINCOUNT=0"
     chosen = threads.choose_threads(None, {})
     assert chosen.threads == threads.available_cpus() and chosen.reason.startswith("load 0.0")
 
@@ -31,7 +32,8 @@ def test_explicit_threads_win_over_the_environment_and_the_load(monkeypatch):
 def test_a_busy_machine_gets_one_thread_that_sleeps_when_idle(monkeypatch):
     monkeypatch.setattr(threads, "load_average", lambda: 50.0)
     assert threads.choose_threads(None, {}).threads == 1
-    assert "OMP_WAIT_POLICY=PASSIVE" in threads.ThreadChoice(1, "PASSIVE", "load 50.0 on 2 CPUs").describe()
+    assert threads.wait_setting(1) == ("OMP_WAIT_POLICY", "PASSIVE")
+    assert threads.wait_setting(2) == ("GOMP_SPINCOUNT", "10000")  # several threads spin briefly for the next kernel
 
 
 def run_python(code: str, **env: str) -> str:
@@ -50,10 +52,11 @@ def test_the_cli_sets_threads_and_wait_policy_before_torch_is_imported():
         "assert 'torch' not in sys.modules\n"
         "apply_thread_policy(args.threads)\n"
         "import torch\n"
-        "print(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])\n"
+        "print(torch.get_num_threads(), os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))\n"
     )
-    assert run_python(code) == "1 PASSIVE"
-    assert run_python(code, OMP_WAIT_POLICY="ACTIVE") == "1 ACTIVE"  # the user's wait policy is kept
+    assert run_python(code) == "1 PASSIVE None"  # one thread sleeps
+    assert run_python(code.replace("'1'", "'2'")) == "2 None 10000"  # several spin briefly, then sleep
+    assert run_python(code, OMP_WAIT_POLICY="ACTIVE") == "1 ACTIVE None"  # the user's wait setting is kept
 
 
 def test_the_run_banner_reports_why_the_cli_chose_its_threads(monkeypatch):

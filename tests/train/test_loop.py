@@ -7,6 +7,7 @@ import torch
 import yaml
 from trainkit import events, tiny_config
 
+from kilolayer.presets import resolve_config
 from kilolayer.train.loop import train
 from kilolayer.train.metrics import read_metrics
 
@@ -34,6 +35,7 @@ def test_the_run_folder_holds_the_resolved_config_logs_and_curve(corpus, tmp_pat
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["model"]["vocab_size"] == 512 and saved["model"]["alpha"] == pytest.approx(0.974)
     assert saved["train"]["max_steps"] == 4 and "adam_eps" in saved["train"]  # defaults included
+    assert saved["kind"] == "pretrain" and resolve_config(str(out / "config.yaml")) == {"model": saved["model"], "train": saved["train"]}
     kinds = {json.loads(line)["kind"] for line in (out / "metrics.jsonl").read_text().splitlines()}
     assert kinds == {"event", "train", "valid", "diagnostics", "layers"}
     train_record = next(r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train")

@@ -75,6 +75,13 @@ def measure(policy: str, steps: int, warmup: int, max_seconds: float) -> dict:
     return {"policy": policy, "choice": choice, "steps": len(seconds), "step_seconds": statistics.median(seconds) if seconds else None}
 
 
+def settle_load(limit: float, max_seconds: float) -> None:
+    """Wait until the 1-minute load average is below ``limit`` (it decays with a one-minute time constant), or give up."""
+    deadline = time.monotonic() + max_seconds
+    while os.getloadavg()[0] >= limit and time.monotonic() < deadline:
+        time.sleep(5)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kilolayer.bench.threads", description=__doc__.splitlines()[0])
     parser.add_argument("--busy", default="0,2", help="comma-separated counts of busy background processes (default 0,2)")
@@ -95,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     for busy in (int(count) for count in args.busy.split(",")):
         background = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
         try:
-            time.sleep(5 if busy else 0)  # let the load average see them (the default policy reads it)
+            if busy:
+                time.sleep(5)  # let the load average see them (the default policy reads it)
+            else:
+                settle_load(limit=0.5, max_seconds=240)  # "idle": wait for the 1-minute average to forget earlier work
             for policy in policies:
                 row = {"busy": busy, **measure(policy, args.steps, args.warmup, args.max_seconds), "load_after": os.getloadavg()[0]}
                 rows.append(row)

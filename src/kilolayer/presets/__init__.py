@@ -29,6 +29,8 @@ def _read_yaml(path: Path) -> dict:
         raise KiloError(f"cannot read config {path}: {error}") from None
     except yaml.YAMLError as error:
         raise KiloError(f"config {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if isinstance(loaded, dict) and loaded.get("kind") == "pretrain":  # a pretraining run's config.yaml is a preset
+        loaded = {key: value for key, value in loaded.items() if key != "kind"}
     if not isinstance(loaded, dict) or set(loaded) - set(SECTIONS):
         raise KiloError(f"config {path} must be a mapping with only the sections {', '.join(SECTIONS)}")
     return loaded

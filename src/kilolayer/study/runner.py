@@ -172,11 +172,13 @@ def _prepare(cell_dir: Path, cell: Cell) -> bool:
 
 
 def _launch(cell_dir: Path, threads: int, gpu: str | None) -> subprocess.Popen:
-    from ..threads import WAIT_POLICY
+    from ..threads import user_wait, wait_setting
 
-    # The thread policy of kilolayer.threads: the cell's threads sleep, not spin, between operations.
+    # The thread policy of kilolayer.threads: how the cell's threads wait between operations, unless the user said.
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    environment.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+    if user_wait(os.environ) is None:
+        name, value = wait_setting(threads)
+        environment[name] = value
     if gpu is not None:
         environment["CUDA_VISIBLE_DEVICES"] = gpu
     with open(cell_dir / LOG_FILE, "ab") as log:

@@ -152,14 +152,14 @@ class Trainer:
         if config.decay_steps is None:  # the horizon of the run's first invocation (max_steps for runs from before decay_steps)
             stored = self.folder.saved_setting(self.resume_from, "train", "decay_steps")
             config.decay_steps = stored or self.folder.saved_setting(self.resume_from, "train", "max_steps", config.max_steps)
+        self.resolved = {"kind": task.kind, **task.settings(), "train": config.to_dict()}
+        self.folder.check_same_run(self.resolved, self.resume_from)
         if config.max_steps > config.decay_steps and config.schedule in ("cosine", "linear"):
             self._warn(
                 f"train.max_steps {config.max_steps} is past the schedule's horizon (step {config.decay_steps}, train.decay_steps): "
                 f"the steps after it train at the LR floor, {config.lr * config.min_lr_ratio:g}; plan a longer run with "
                 f"train.decay_steps in a new --out"
             )
-        self.resolved = {"kind": task.kind, **task.settings(), "train": config.to_dict()}
-        self.folder.check_same_run(self.resolved, self.resume_from)
 
         self._seed_everything(config.seed)
         model = task.build_model(self.parallel.device)
