@@ -97,7 +97,8 @@ def stability_curves(rows: list[dict], curve_names: tuple[str, ...], ylabel: str
     """
     depths = sorted({row["depth"] for row in rows})
     schemes = list(dict.fromkeys(row["scheme"] for row in rows))
-    colours = {scheme: matplotlib.colormaps.get_cmap("tab10")(index % 10) for index, scheme in enumerate(schemes)}
+    palette, size = ("tab10", 10) if len(schemes) <= 10 else ("tab20", 20)  # one colour per scheme, up to 20
+    colours = {scheme: matplotlib.colormaps.get_cmap(palette)(index % size) for index, scheme in enumerate(schemes)}
     styles = ("-", "--", ":")
     columns = min(len(depths), 3)
     figure_rows = math.ceil(len(depths) / columns)
