@@ -14,7 +14,6 @@ torchrun, checkpoints and exact resume, config.yaml, metrics.jsonl and TensorBoa
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 
@@ -113,10 +112,13 @@ class PairBatches:
     def __init__(self, examples: list[dict], collate, tokenizer, batch_size: int, seed: int, rank: int, world_size: int):
         self.examples, self.collate, self.tokenizer = examples, collate, tokenizer
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.orders: dict[int, list[int]] = {}  # epoch → its permutation (a batch spans at most two epochs)
 
-    @functools.lru_cache(maxsize=4)
     def _order(self, epoch: int) -> list[int]:
-        return torch.randperm(len(self.examples), generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        if epoch not in self.orders:
+            self.orders = {key: value for key, value in self.orders.items() if key >= epoch - 1}
+            self.orders[epoch] = torch.randperm(len(self.examples), generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        return self.orders[epoch]
 
     def get_batch(self, index: int) -> dict:
         first = (index * self.world_size + self.rank) * self.batch_size
@@ -134,7 +136,7 @@ def check_out_dir(out_dir: Path, model_dir: Path) -> None:
 def resolve_train_config(
     model_config, train_size: int, epochs: int, recipe: dict, options: dict, world_size: int, stored_horizon: int | None
 ):
-    """(TrainConfig, steps per epoch). The ``recipe`` (the preset's train section, its seq_len cut to the model's
+    """The TrainConfig of a fine-tuning run. The ``recipe`` (the preset's train section, its seq_len cut to the model's
     positions) under ``options`` (--config, --set), plus what the data decides: max_steps from the epochs (a step is
     batch_size × grad_accum × ranks pairs), a warmup of 10 % of the schedule's horizon (the first invocation's
     max_steps, so more --epochs on resume continue the same schedule), one evaluation and checkpoint per epoch."""
@@ -159,7 +161,7 @@ def resolve_train_config(
         "decay_steps": horizon,
         "max_steps": max_steps,
     }
-    return TrainConfig.from_dict(resolved), steps_per_epoch
+    return TrainConfig.from_dict(resolved)
 
 
 class GlueTask(Task):
@@ -243,8 +245,6 @@ class GlueTask(Task):
 
     def finish(self, trainer, result) -> None:
         """Score the best model on the test split; write finetune.json and finetune.md (rank 0)."""
-        from transformers import AutoModelForSeq2SeqLM  # noqa: F401  (the auto classes register kilolayer's models)
-
         from ..atomic import write_text
         from ..train.metrics import read_metrics
         from .report import finetune_markdown, write_json
@@ -316,7 +316,7 @@ def finetune(
 
     from ..presets import FINETUNE_PRESET_DIR, load_preset
     from ..train.loop import run_task
-    from ..train.run_folder import RunFolder
+    from ..train.run_folder import read_saved_config
     from .model_folder import pick_device
 
     out_dir = Path(out_dir)
@@ -325,11 +325,10 @@ def finetune(
     if recipe["model"]:
         raise KiloError(f"fine-tuning preset {preset} has a model section; the model is MODEL_DIR's, keep train.* only")
     glue = GlueTask(Path(model_dir), task, data_dir, limit, patience)
-    stored = (RunFolder(out_dir, "finetune", None, None).saved_config() or {}).get("train") or {}
+    stored = (read_saved_config(out_dir) or {}).get("train") or {}
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    config, _ = resolve_train_config(
+    config = resolve_train_config(
         glue.model_config, len(glue.splits["train"]), epochs, recipe["train"], train_options, world_size, stored.get("decay_steps")
     )
-    result_device = pick_device(device) if device else None
-    run_task(glue, config, out_dir, "auto" if resume else "never", progress, result_device)
+    run_task(glue, config, out_dir, "auto" if resume else "never", progress, pick_device(device) if device else None)
     return getattr(glue, "record", None)

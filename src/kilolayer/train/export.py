@@ -4,11 +4,13 @@ a folder beside the old export, swapped in when complete."""
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .. import __version__
 from ..atomic import atomic_replace
 
 
@@ -44,10 +46,6 @@ def export_model(model: nn.Module, tokenizer, folder: Path, card: str) -> Path:
 
 def card_facts(trainer, folder: Path) -> dict:
     """The model card's facts: the task's (title, kind, auto_class, its rows) and the training rows every run has."""
-    import platform
-
-    from .. import __version__
-
     config, parallel, guard = trainer.config, trainer.parallel, trainer.guard.state
     facts = trainer.task.card(trainer)
     flag = (

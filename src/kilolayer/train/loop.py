@@ -576,7 +576,6 @@ class Trainer:
     def close(self) -> None:
         for signum, handler in self.previous_handlers.items():
             signal.signal(signum, handler)
-        if hasattr(self, "metrics"):
-            self.metrics.close()
+        self.metrics.close()
         self.process_settings.restore()
         self.parallel.teardown()

@@ -38,6 +38,17 @@ def first_difference(saved: dict, current: dict) -> str | None:
     return None
 
 
+def read_saved_config(out_dir: Path) -> dict | None:
+    """The resolved config of the run already in ``out_dir`` (None when there is none)."""
+    path = out_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise KiloError(f"{path} is unreadable ({type(error).__name__}); choose a new --out") from None
+
+
 class RunFolder:
     """``--out`` of one run of ``kind``; ``find_resume`` runs every check on it before anything is written."""
 
@@ -81,7 +92,7 @@ class RunFolder:
 
     def _check_kind(self) -> None:
         """A fine-tuning command must not continue a pretraining run, nor the other way round."""
-        saved = self.saved_config()
+        saved = read_saved_config(self.out_dir)
         if saved is None and (self.out_dir / "finetune.json").is_file():
             raise KiloError(f"--out {self.out_dir} holds a fine-tuning run of an older kilolayer that cannot be continued; choose a new --out")
         kind = (saved or {}).get("kind", "pretrain")
@@ -108,20 +119,10 @@ class RunFolder:
             )
         return found
 
-    def saved_config(self) -> dict | None:
-        """The resolved config of the run already in the folder (None when there is none)."""
-        path = self.out_dir / CONFIG_FILE
-        if not path.is_file():
-            return None
-        try:
-            return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise KiloError(f"{path} is unreadable ({type(error).__name__}); choose a new --out") from None
-
     def saved_configs(self, resume_from: tuple[Path, dict] | None) -> list[tuple[Path, dict]]:
         """(source, resolved config) of the existing run: its config.yaml and the checkpoint it resumes from."""
         saved = []
-        if (config := self.saved_config()) is not None:
+        if (config := read_saved_config(self.out_dir)) is not None:
             saved.append((self.out_dir / CONFIG_FILE, config))
         if resume_from is not None:
             saved.append((resume_from[0], resume_from[1].get("config") or {}))
