@@ -1,4 +1,4 @@
-"""FSDP2 shards every parameter along dim 0: the rezero gate is a 1-element tensor, not a 0-dim scalar."""
+"""FSDP2 shards every parameter along dim 0: the rezero gate and DyT's α are 1-element tensors, not 0-dim scalars."""
 
 import os
 import subprocess
@@ -10,26 +10,28 @@ import torch
 
 from kilolayer.modeling import KiloConfig, KiloForCausalLM
 
-SCRIPT = Path(__file__).with_name("fsdp_rezero_script.py")
+SCRIPT = Path(__file__).with_name("fsdp_script.py")
 
 
 @pytest.mark.slow
-def test_rezero_trains_under_fsdp2_on_two_processes_as_on_one(tmp_path):
+@pytest.mark.parametrize(("kind", "scalar"), [("rezero", "gate"), ("dyt", "alpha")])
+def test_one_element_parameters_train_under_fsdp2_on_two_processes_as_on_one(tmp_path, kind, scalar):
+    """The rezero gate and DyT's α: FSDP2 cannot shard a 0-dim parameter."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
-        from fsdp_rezero_script import batches, tiny_rezero, train
+        from fsdp_script import batches, tiny_model, train
     finally:
         sys.path.remove(str(SCRIPT.parent))
     out = tmp_path / "fsdp.pt"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT), str(out)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT), str(out), kind]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
     sharded = torch.load(out)
 
-    reference = tiny_rezero().train()
+    reference = tiny_model(kind).train()
     train(reference, batches())  # one process, the whole batch
-    gates = [name for name in sharded if name.endswith("gate")]
-    assert gates and all(sharded[name].abs().item() > 0 for name in gates)  # the gates left 0: rezero trains
+    scalars = [name for name in sharded if name.endswith(scalar)]
+    assert scalars and all(sharded[name].abs().item() > 0 for name in scalars)  # they trained (a rezero gate starts at 0)
     for name, value in reference.state_dict().items():
         torch.testing.assert_close(sharded[name], value, rtol=1e-4, atol=1e-6, msg=name)
 

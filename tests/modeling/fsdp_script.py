@@ -1,6 +1,8 @@
-"""Run by test_hf_fsdp.py under torchrun (2 gloo processes): a rezero GPT, FSDP2 per block and root, 3 SGD steps.
+"""Run by test_hf_fsdp.py under torchrun (2 gloo processes): a tiny GPT with a scalar-like parameter (the rezero gate,
+or DyT's α), FSDP2 per block and root, 3 SGD steps.
 
-Each rank trains on its half of the batch; rank 0 writes the full (unsharded) parameters to argv[1].
+Each rank trains on its half of the batch; rank 0 writes the full (unsharded) parameters to argv[1]; argv[2] is
+the model: rezero or dyt.
 """
 
 import sys
@@ -12,10 +14,13 @@ from torch.distributed.fsdp import fully_shard
 from kilolayer.modeling import KiloConfig, KiloForCausalLM
 
 
-def tiny_rezero() -> KiloForCausalLM:
+MODELS = {"rezero": {"scheme": "rezero"}, "dyt": {"scheme": "pre_ln", "norm": "dyt"}}
+
+
+def tiny_model(kind: str) -> KiloForCausalLM:
     torch.manual_seed(0)
     config = KiloConfig(arch="gpt", num_layers=2, hidden_size=16, num_heads=2, vocab_size=40, max_positions=16,
-                        scheme="rezero", fused_loss=True)
+                        fused_loss=True, **MODELS[kind])
     return KiloForCausalLM(config)
 
 
@@ -35,7 +40,7 @@ def train(model, ids_per_step, lr: float = 0.5):
 if __name__ == "__main__":
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    model = tiny_rezero().train()
+    model = tiny_model(sys.argv[2]).train()
     for block in model.model.layers:
         fully_shard(block)
     fully_shard(model)
