@@ -59,14 +59,12 @@ class RunFolder:
         self.parallel = parallel
         self.warn = warn
 
-    def find_resume(self, resume: str, check_cache: Path | None = None) -> tuple[Path, dict] | None:
+    def find_resume(self, resume: str) -> tuple[Path, dict] | None:
         """The checkpoint to resume from (None: a new run), after every check on ``--out`` and ``resume``."""
         out = self.out_dir
         if out.exists() and not out.is_dir():
             raise KiloError(f"--out {out} is a file; give a folder")
         check_writable_folder(out, "--out")
-        if check_cache is not None:
-            check_writable_folder(check_cache, "the token cache (KILOLAYER_CACHE)")
         holds_run = any((out / name).exists() for name in (CONFIG_FILE, METRICS, "checkpoints"))
         if out.is_dir() and any(out.iterdir()) and not holds_run:
             raise KiloError(f"--out {out} exists, is not empty and holds no kilolayer run; choose a new or empty folder")
